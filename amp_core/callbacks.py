@@ -1,0 +1,244 @@
+"""Lightning callbacks that make the loss scale visible.
+
+`AmpWandbCallback` is the seed's contract: AMP facts and the loss scale to the active W&B run.
+`LossScaleMonitor` records, every optimizer step, what the GradScaler did (scale, skipped step,
+growth tracker) with the unscaled gradient norm and the loss, and publishes it through
+`trainer.loggers` in the manner of Lightning's `LearningRateMonitor`.
+
+On CUDA the monitor adds no host synchronisation per step: it keeps 0-d device tensors, stacks
+them every `flush_every` steps and copies them into pinned host memory without blocking; a CUDA
+event says when the copy has landed, and only then are the values published.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from torch.amp.grad_scaler import OptState
+
+FP16_PRECISIONS = ("16", "16-mixed", "16_true")
+
+
+def get_scaler(trainer: Any) -> Any:
+    """The trainer's GradScaler (or any object with `get_scale()`), or None."""
+    strategy = getattr(trainer, "strategy", None)
+    plugin = getattr(strategy, "precision_plugin", None)
+    return getattr(plugin, "scaler", None)
+
+
+def get_loss_scale(trainer: Any) -> float | None:
+    """The current loss scale, or None without a strategy, plugin or scaler, or if reading fails.
+
+    Note: `GradScaler.get_scale()` calls `.item()`, one host sync on CUDA. Per-step readers should
+    use `LossScaleMonitor`, which does not sync.
+    """
+    scaler = get_scaler(trainer)
+    if scaler is None:
+        return None
+    try:
+        return float(scaler.get_scale())
+    except Exception:
+        return None
+
+
+def _wandb_module() -> Any:
+    try:
+        return importlib.import_module("wandb")
+    except Exception:
+        return None
+
+
+class AmpWandbCallback(Callback):
+    """Logs AMP facts to the active W&B run: every `log_every_n_steps` optimizer steps and each epoch end.
+
+    Args:
+        enabled: whether AMP is on for this run (logged as `amp/enabled`).
+        precision: the precision the run uses; `amp/loss_scale` is logged only for fp16 variants.
+        log_every_n_steps: per-step logging cadence; None follows `trainer.log_every_n_steps`.
+            Reading the scale is one host sync on CUDA, so each logged step costs one.
+
+    W&B steps stay monotonic: nothing is logged with an explicit `step=`; every payload carries
+    `trainer/global_step` (the x-axis `WandbLogger` defines), so epoch-end logs after per-step
+    logs are never dropped. No W&B installed, no active run, or W&B raising: training goes on.
+    """
+
+    def __init__(self, enabled: bool, precision: str, log_every_n_steps: int | None = None):
+        if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
+            raise MisconfigurationException(f"log_every_n_steps must be a positive int or None, got {log_every_n_steps!r}")
+        self.enabled = bool(enabled)
+        self.precision = str(precision)
+        self.log_every_n_steps = log_every_n_steps
+        self._warned = False
+
+    @property
+    def logs_loss_scale(self) -> bool:
+        return self.enabled and self.precision in FP16_PRECISIONS
+
+    def _payload(self, trainer: Any) -> dict[str, Any]:
+        payload: dict[str, Any] = {"amp/enabled": 1 if self.enabled else 0, "amp/precision": self.precision}
+        if self.logs_loss_scale:
+            scale = get_loss_scale(trainer)
+            if scale is not None:
+                payload["amp/loss_scale"] = scale
+        return payload
+
+    def _log(self, payload: dict[str, Any]) -> None:
+        wandb = _wandb_module()
+        try:
+            if wandb is None or getattr(wandb, "run", None) is None:
+                return
+            wandb.log(payload)
+        except Exception as e:  # W&B must never stop training
+            if not self._warned:
+                self._warned = True
+                rank_zero_warn(f"AmpWandbCallback: W&B logging failed, training goes on: {type(e).__name__}: {e}")
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50)
+        step = trainer.global_step
+        if step == 0 or step % every or step == getattr(self, "_last_step", None):
+            return
+        self._last_step = step
+        payload = self._payload(trainer)
+        if "amp/loss_scale" in payload:
+            self._log({"amp/loss_scale": payload["amp/loss_scale"], "trainer/global_step": step})
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any = None) -> None:
+        payload = self._payload(trainer)
+        payload["epoch"] = getattr(trainer, "current_epoch", 0)
+        if hasattr(trainer, "global_step"):
+            payload["trainer/global_step"] = trainer.global_step
+        self._log(payload)
+
+
+class LossScaleMonitor(Callback):
+    """Records the loss scale, skipped steps, growth tracker, unscaled gradient norm and loss each step.
+
+    Publishes through `trainer.loggers` as `amp/loss_scale` (only with a GradScaler), `amp/skipped`
+    (1.0 when the scaler found inf/NaN gradients and skipped the step), `amp/growth_tracker`,
+    `amp/grad_norm` (global L2 norm of the unscaled gradients) and `amp/loss`, at the step Lightning
+    was on when the step ran (`global_step` advances on skipped steps too).
+
+    A skipped step is read as the scale dropping in `GradScaler.update()`: that is the same with
+    fused optimizers, which unscale inside `step()` and leave the scaler's per-optimizer state empty.
+
+    Args:
+        flush_every: steps kept on the device before one batched copy to the host. None: every
+            step on CPU (a copy is free there), 20 on CUDA.
+    """
+
+    KEYS = ("amp/loss", "amp/loss_scale", "amp/skipped", "amp/grad_norm", "amp/growth_tracker")
+
+    def __init__(self, flush_every: int | None = None):
+        if flush_every is not None and (not isinstance(flush_every, int) or flush_every < 1):
+            raise MisconfigurationException(f"LossScaleMonitor: flush_every must be a positive int or None, got {flush_every!r}")
+        self.flush_every = flush_every
+        self._pending: dict[str, Any] | None = None  # the step between on_before_optimizer_step and update()
+        self._steps: list[int] = []
+        self._rows: list[torch.Tensor] = []
+        self._in_flight: list[tuple[list[int], torch.Tensor, Any]] = []
+        self._has_scaler = False
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage == "fit" and not trainer.loggers:
+            raise MisconfigurationException(
+                "Cannot use `LossScaleMonitor` callback with `Trainer` that has no logger: "
+                "pass a logger, e.g. `Trainer(logger=RunRecordLogger(...))` or `CSVLogger`."
+            )
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if not pl_module.automatic_optimization:
+            rank_zero_warn("LossScaleMonitor follows automatic optimization; with manual optimization it records nothing.")
+        self._has_scaler = get_scaler(trainer) is not None
+        device = trainer.strategy.root_device
+        self._cuda = device.type == "cuda"
+        if self.flush_every is None:
+            self.flush_every = 20 if self._cuda else 1
+
+    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: torch.optim.Optimizer) -> None:
+        scaler = get_scaler(trainer)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        device = trainer.strategy.root_device
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros((), device=device)
+        norm = norm.float()
+        if scaler is not None and getattr(scaler, "_scale", None) is not None:
+            scale = scaler._scale.detach().clone()
+            state = scaler._per_optimizer_states.get(id(optimizer), {})
+            if state.get("stage") is not OptState.UNSCALED:
+                norm = norm / scale  # a fused optimizer unscales inside step(): these gradients are still scaled
+        else:
+            scale = None
+        self._pending = {"step": trainer.global_step, "scale": scale, "norm": norm.detach()}
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:  # gradient accumulation: no optimizer step on this batch
+            self._publish_landed(trainer, wait=False)
+            return
+        device = pending["norm"].device
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        loss = loss.detach().float().reshape(()) if isinstance(loss, torch.Tensor) else torch.full((), float("nan"), device=device)
+        scaler = get_scaler(trainer)
+        nan = torch.full((), float("nan"), device=device)
+        if pending["scale"] is not None:
+            after = scaler._scale
+            skipped = (after < pending["scale"]).float()
+            tracker = scaler._growth_tracker.float() if scaler._growth_tracker is not None else nan
+            scale = pending["scale"]
+        else:
+            scale, skipped, tracker = nan, torch.zeros((), device=device), nan
+        self._steps.append(pending["step"])
+        self._rows.append(torch.stack([loss.to(device), scale, skipped, pending["norm"], tracker]))
+        if len(self._rows) >= self.flush_every:
+            self._flush()
+        self._publish_landed(trainer, wait=False)
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        block = torch.stack(self._rows)
+        steps, self._steps, self._rows = self._steps, [], []
+        if self._cuda:
+            host = torch.empty(block.shape, dtype=block.dtype, pin_memory=True)
+            host.copy_(block, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._in_flight.append((steps, host, event))
+        else:
+            self._in_flight.append((steps, block, None))
+
+    def _publish_landed(self, trainer: "pl.Trainer", wait: bool) -> None:
+        while self._in_flight:
+            steps, host, event = self._in_flight[0]
+            if event is not None:
+                if wait:
+                    event.synchronize()
+                elif not event.query():
+                    return
+            self._in_flight.pop(0)
+            for step, values in zip(steps, host.tolist()):
+                loss, scale, skipped, norm, tracker = values
+                metrics = {"amp/loss": loss, "amp/skipped": skipped, "amp/grad_norm": norm}
+                if self._has_scaler:
+                    metrics["amp/loss_scale"] = scale
+                    metrics["amp/growth_tracker"] = tracker
+                for logger in trainer.loggers:
+                    logger.log_metrics(metrics, step=step)
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._flush()
+        self._publish_landed(trainer, wait=True)
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        # Whatever was measured before a failure or a stop is still worth keeping.
+        try:
+            self.on_train_end(trainer, pl_module)
+        except Exception:
+            pass
+

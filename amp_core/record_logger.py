@@ -1,0 +1,67 @@
+"""A Lightning logger that writes the `LossScaleMonitor`'s series into a run record.
+
+Add it to any Trainer (with the monitor) and the run shows up in AMP Explorer's Runs page:
+
+    writer = RunWriter.create("runs", {"precision": "16-mixed"})
+    Trainer(logger=[RunRecordLogger(writer)], callbacks=[LossScaleMonitor()], ...)
+"""
+
+from __future__ import annotations
+
+import time
+from argparse import Namespace
+from typing import Any
+
+from pytorch_lightning.loggers.logger import Logger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from amp_core.runs import RunWriter, finite_or_none
+
+_MONITOR_FIELDS = {
+    "amp/loss": "loss",
+    "amp/loss_scale": "loss_scale",
+    "amp/skipped": "skipped",
+    "amp/grad_norm": "grad_norm",
+    "amp/growth_tracker": "growth_tracker",
+}
+
+
+class RunRecordLogger(Logger):
+    """Appends one metrics.jsonl line per optimizer step the monitor publishes; other metrics pass by."""
+
+    def __init__(self, writer: RunWriter):
+        super().__init__()
+        self.writer = writer
+
+    @property
+    def name(self) -> str:
+        return "amp_record"
+
+    @property
+    def version(self) -> str:
+        return self.writer.id
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.writer.path)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        pass  # the run's configuration is already in config.json
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if "amp/loss" not in metrics:
+            return
+        row: dict[str, Any] = {"step": int(step) if step is not None else None}
+        for key, field in _MONITOR_FIELDS.items():
+            row[field] = finite_or_none(metrics.get(key))
+        row["skipped"] = bool(row["skipped"])
+        if row["growth_tracker"] is not None:
+            row["growth_tracker"] = int(row["growth_tracker"])
+        row["time"] = round(time.time(), 4)
+        self.writer.append_metrics([row])
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.writer.close()

@@ -1,0 +1,424 @@
+"""The run record: one folder per run, the only thing training and the UI share.
+
+    runs/<run id>/config.json     the full resolved configuration, hardware and versions
+    runs/<run id>/status.json     state (queued, running, completed, failed, stopped), times, error
+    runs/<run id>/metrics.jsonl   one JSON object per optimizer step, appended and flushed live
+    runs/<run id>/stop            present once someone asked the run to stop
+
+Writers replace status.json atomically and only ever append whole lines to metrics.jsonl, so a
+reader may look at any moment, and a crash loses nothing already written. Readers never trust the
+folder: a damaged record is reported as damaged, never raised through the UI.
+
+Only the standard library and NumPy: the app imports this without torch or Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUNS_DIR_ENV = "AMP_RUNS_DIR"
+CONFIG_FILE, STATUS_FILE, METRICS_FILE, STOP_FILE = "config.json", "status.json", "metrics.jsonl", "stop"
+
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("completed", "failed", "stopped", "interrupted")
+
+# The per-step fields every metrics line carries; readers turn each into one NumPy column.
+# A missing or null value reads as NaN (loss_scale is null when there is no GradScaler).
+METRIC_COLUMNS = ("step", "loss", "loss_scale", "skipped", "grad_norm", "growth_tracker", "time")
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RunRecordError(ValueError):
+    """A run id or folder that cannot be used; the message says why."""
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get(RUNS_DIR_ENV) or "runs")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def run_path(runs_dir: str | os.PathLike, run_id: str) -> Path:
+    """The folder of `run_id` inside `runs_dir`, refusing anything that would lead outside it."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id in (".", ".."):
+        raise RunRecordError(f"not a run id: {run_id!r}")
+    root = Path(runs_dir).resolve()
+    path = (root / run_id).resolve()
+    if path.parent != root:
+        raise RunRecordError(f"run {run_id!r} is outside the runs directory")
+    return path
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} is not a JSON object")
+    return data
+
+
+class RunWriter:
+    """Creates a run folder and writes its record. Used by the training process (and the queue)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.id = self.path.name
+        self._metrics = None
+        self._status: dict[str, Any] = {}
+
+    @classmethod
+    def create(cls, runs_dir: str | os.PathLike, config: dict, label: str = "run") -> "RunWriter":
+        runs_dir = Path(runs_dir)
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunRecordError(f"cannot create runs directory {str(runs_dir)!r}: {e.strerror or e}") from None
+        if not os.access(runs_dir, os.W_OK | os.X_OK):
+            raise RunRecordError(f"runs directory {str(runs_dir)!r} is not writable")
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "-", label).strip("-")[:40] or "run"
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        for _ in range(100):
+            path = runs_dir / f"{stamp}-{slug}-{secrets.token_hex(3)}"
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 random collisions in one second
+            raise RunRecordError("could not allocate a run folder")
+        writer = cls(path)
+        _write_json_atomic(path / CONFIG_FILE, {"id": writer.id, **config})
+        (path / METRICS_FILE).touch()
+        return writer
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "RunWriter":
+        writer = cls(Path(path))
+        writer._status = _read_json(writer.path / STATUS_FILE) if (writer.path / STATUS_FILE).exists() else {}
+        return writer
+
+    def set_status(self, state: str, **fields: Any) -> dict:
+        self._status.update(fields, state=state, updated_at=now_iso())
+        _write_json_atomic(self.path / STATUS_FILE, self._status)
+        return dict(self._status)
+
+    def add_warning(self, message: str) -> None:
+        warnings = self._status.setdefault("warnings", [])
+        if message not in warnings:
+            warnings.append(message)
+            self.set_status(self._status.get("state", "running"))
+
+    def update_config(self, **fields: Any) -> None:
+        config = _read_json(self.path / CONFIG_FILE)
+        config.update(fields)
+        _write_json_atomic(self.path / CONFIG_FILE, config)
+
+    def append_metrics(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        if self._metrics is None:
+            self._metrics = open(self.path / METRICS_FILE, "a", encoding="utf-8")
+        # One write of whole lines, then flush: a reader never sees half of a line we wrote
+        # unless the process dies inside write(), and readers skip a partial last line anyway.
+        self._metrics.write("".join(json.dumps(r, allow_nan=False, default=_json_number) + "\n" for r in rows))
+        self._metrics.flush()
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+
+def _json_number(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no inf or NaN; a non-finite value (a NaN loss, an inf gradient norm) is stored as null."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def request_stop(path: str | os.PathLike) -> None:
+    """Ask the run in `path` to stop at its next step (the trainer polls for this file)."""
+    (Path(path) / STOP_FILE).write_text(now_iso())
+
+
+def stop_requested(path: str | os.PathLike) -> bool:
+    return (Path(path) / STOP_FILE).exists()
+
+
+def process_alive(pid: Any, host: Any = None) -> bool | None:
+    """Whether the process that wrote a record still runs; None when that cannot be told from here."""
+    if host not in (None, socket.gethostname()) or not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (our own exited child not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass
+class RunMetrics:
+    """A run's per-step series as NumPy columns (NaN where a line had no value)."""
+
+    columns: dict[str, np.ndarray] = field(default_factory=lambda: {c: np.empty(0) for c in METRIC_COLUMNS})
+
+    def __len__(self) -> int:
+        return len(self.columns["step"])
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.__dict__["columns"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def from_rows(cls, rows: list[dict]) -> "RunMetrics":
+        return cls({c: np.array([_num(r.get(c)) for r in rows], dtype=np.float64) for c in METRIC_COLUMNS})
+
+    def extend(self, other: "RunMetrics") -> None:
+        if len(other):
+            self.columns = {c: np.concatenate([self.columns[c], other.columns[c]]) for c in METRIC_COLUMNS}
+
+    def rows(self) -> list[dict]:
+        out = []
+        for i in range(len(self)):
+            row = {}
+            for c in METRIC_COLUMNS:
+                v = float(self.columns[c][i])
+                row[c] = None if np.isnan(v) else (int(v) if c in ("step", "growth_tracker") else v)
+            row["skipped"] = bool(row["skipped"]) if row["skipped"] is not None else False
+            out.append(row)
+        return out
+
+
+def _num(v: Any) -> float:
+    if v is None or isinstance(v, str):
+        return np.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def parse_metrics(data: bytes) -> tuple[list[dict], int, int]:
+    """Parse complete lines of metrics.jsonl: (rows, bytes consumed, damaged line count).
+
+    A last line without its newline is not consumed: it is still being written, or was cut by a crash.
+    """
+    end = data.rfind(b"\n") + 1
+    rows, damaged = [], 0
+    for line in data[:end].splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            damaged += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+            rows.append(row)
+        else:
+            damaged += 1
+    return rows, end, damaged
+
+
+@dataclass
+class Run:
+    """A run record as read from disk. `problems` lists what was damaged or missing."""
+
+    id: str
+    path: Path
+    config: dict
+    status: dict
+    metrics: RunMetrics
+    problems: list[str] = field(default_factory=list)
+    partial_tail: bool = False
+
+    @property
+    def state(self) -> str:
+        return effective_state(self.status)
+
+    @property
+    def precision(self) -> str:
+        return str(self.config.get("precision_resolved") or self.config.get("precision") or "?")
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(np.nansum(self.metrics.skipped))
+
+    @property
+    def final_loss_scale(self) -> float | None:
+        s = self.metrics.loss_scale
+        s = s[~np.isnan(s)]
+        return float(s[-1]) if len(s) else None
+
+    @property
+    def max_steps(self) -> int | None:
+        v = self.config.get("max_steps")
+        return v if isinstance(v, int) else None
+
+
+def effective_state(status: dict) -> str:
+    """The state to show: a 'running' record whose process is gone has failed, whatever it says."""
+    state = status.get("state", "unknown")
+    if state == "running" and process_alive(status.get("pid"), status.get("host")) is False:
+        return "failed"
+    return state if isinstance(state, str) else "unknown"
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read one run folder. Never raises for damage inside the folder; see `Run.problems`."""
+    path = Path(path)
+    problems = []
+    config, status = {}, {}
+    for name, target in ((CONFIG_FILE, config), (STATUS_FILE, status)):
+        try:
+            target.update(_read_json(path / name))
+        except FileNotFoundError:
+            problems.append(f"{name} is missing")
+        except (OSError, ValueError) as e:
+            problems.append(f"{name} is unreadable ({type(e).__name__})")
+    try:
+        data = (path / METRICS_FILE).read_bytes()
+    except FileNotFoundError:
+        data = b""
+        problems.append(f"{METRICS_FILE} is missing")
+    except OSError as e:
+        data = b""
+        problems.append(f"{METRICS_FILE} is unreadable ({e.strerror})")
+    rows, consumed, damaged = parse_metrics(data)
+    if damaged:
+        problems.append(f"{damaged} damaged line(s) in {METRICS_FILE} skipped")
+    partial = consumed < len(data.rstrip(b"\n")) if data else False
+    if partial and effective_state(status) != "running":
+        problems.append(f"the last line of {METRICS_FILE} is cut off")
+    if status.get("state") == "running" and effective_state(status) == "failed":
+        problems.append("the training process is gone: it died without recording an end")
+    return Run(path.name, path, config, status, RunMetrics.from_rows(rows), problems, partial)
+
+
+def list_runs(runs_dir: str | os.PathLike | None = None) -> list[Run]:
+    """Every run folder in `runs_dir`, newest first. Folders that are not runs are left out."""
+    root = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+    if not root.is_dir():
+        return []
+    runs = []
+    for p in root.iterdir():
+        if p.is_dir() and not p.is_symlink() and _RUN_ID.match(p.name) and (
+            (p / CONFIG_FILE).exists() or (p / STATUS_FILE).exists() or (p / METRICS_FILE).exists()
+        ):
+            runs.append(load_run(p))
+    runs.sort(key=lambda r: (str(r.status.get("created_at") or r.config.get("created_at") or ""), r.id), reverse=True)
+    return runs
+
+
+class RunFollower:
+    """Follows a run's metrics.jsonl incrementally: each `poll()` reads only the bytes added since."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.metrics = RunMetrics()
+        self.status: dict = {}
+        self.damaged_lines = 0
+        self._offset = 0
+
+    def poll(self) -> int:
+        """Read what was appended; returns how many new steps arrived."""
+        try:
+            self.status = _read_json(self.path / STATUS_FILE)
+        except (OSError, ValueError):
+            pass
+        try:
+            with open(self.path / METRICS_FILE, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return 0
+        rows, consumed, damaged = parse_metrics(data)
+        self._offset += consumed
+        self.damaged_lines += damaged
+        self.metrics.extend(RunMetrics.from_rows(rows))
+        return len(rows)
+
+    @property
+    def state(self) -> str:
+        return effective_state(self.status)
+
+
+def change_points(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce a piecewise-constant series to the points where it changes, plus its last point.
+
+    Drawn with a step line (Plotly's line_shape="hv") the result is the same picture as every point.
+    NaN (no scaler) counts as a value of its own, so gaps stay gaps.
+    """
+    steps, values = np.asarray(steps), np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return steps, values
+    nan = np.isnan(values)
+    changed = np.empty(len(values), dtype=bool)
+    changed[0] = True
+    changed[1:] = (values[1:] != values[:-1]) & ~(nan[1:] & nan[:-1])
+    changed[-1] = True
+    return steps[changed], values[changed]
+
+
+def summarize(run: Run) -> dict:
+    """One row for a runs table."""
+    status = run.status
+    n = len(run.metrics)
+    return {
+        "id": run.id,
+        "state": run.state,
+        "precision": run.precision,
+        "accelerator": run.config.get("accelerator_resolved") or run.config.get("accelerator"),
+        "steps": n,
+        "max_steps": run.max_steps,
+        "skipped": run.skipped_steps,
+        "final_loss_scale": run.final_loss_scale,
+        "final_loss": float(run.metrics.loss[-1]) if n and not np.isnan(run.metrics.loss[-1]) else None,
+        "created_at": status.get("created_at") or run.config.get("created_at"),
+        "problems": "; ".join(run.problems),
+    }
+
+
+def wait_for_state(path: str | os.PathLike, states: tuple[str, ...], timeout: float) -> str:
+    """Poll a run's status until it is in one of `states` (for scripts and tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = load_run(path).state
+        if state in states or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)

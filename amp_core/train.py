@@ -1,0 +1,349 @@
+"""One short training run: configuration -> Lightning Trainer -> run record.
+
+    python -m amp_core.train --precision 16-mixed --max-steps 200 --init-scale 65536
+
+fp16 on a CPU: Lightning would turn '16-mixed' into 'bf16-mixed' there (no scaler), so for fp16 we
+always pass the `MixedPrecision` plugin ourselves with a GradScaler of the requested settings
+('cpu' or 'cuda'). Autocast then really runs in float16 and the loss scale backs off and grows as
+on a GPU, only slower (a CPU without fp16 units emulates it). `config.json` records that path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import signal
+import socket
+import sys
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from amp_core.runs import RunRecordError, RunWriter, default_runs_dir, now_iso, request_stop, stop_requested
+
+WANDB_MODES = ("offline", "online", "disabled")
+ACCELERATORS = ("auto", "cpu", "gpu")
+MAX_STEPS_LIMIT = 1_000_000
+
+
+class ConfigError(ValueError):
+    """A run setting that cannot be used; the message is one line a user can act on."""
+
+
+@dataclass
+class RunConfig:
+    precision: str = "16-mixed"
+    accelerator: str = "auto"
+    max_steps: int = 200
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    init_scale: float = 2.0**16
+    growth_factor: float = 2.0
+    backoff_factor: float = 0.5
+    growth_interval: int = 2000
+    hidden: int = 256
+    depth: int = 3
+    fused: bool = False
+    wandb: str = "offline"
+    runs_dir: str = ""
+
+    def validate(self) -> "RunConfig":
+        """Check every field and normalise the precision; raises ConfigError with one clear line."""
+        from amp_core.precision import normalize_precision
+
+        def number(name: str, kind: type, lo: float, hi: float, lo_open: bool = False) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+                raise ConfigError(f"{name.replace('_', '-')} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+            if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo):
+                bound = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
+                raise ConfigError(f"{name.replace('_', '-')} must be {bound}, got {value!r}")
+            setattr(self, name, kind(value))
+
+        try:
+            self.precision = normalize_precision(self.precision)
+        except ValueError as e:
+            raise ConfigError(str(e).splitlines()[0]) from None
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
+        if self.wandb not in WANDB_MODES:
+            raise ConfigError(f"wandb must be one of {', '.join(WANDB_MODES)}, got {self.wandb!r}")
+        number("max_steps", int, 1, MAX_STEPS_LIMIT)
+        number("batch_size", int, 1, 65536)
+        number("lr", float, 0, 10, lo_open=True)
+        number("seed", int, 0, 2**32 - 1)
+        number("init_scale", float, 0, 2.0**126, lo_open=True)
+        number("growth_factor", float, 1, 1e6, lo_open=True)
+        number("backoff_factor", float, 0, 1, lo_open=True)
+        if self.backoff_factor == 1:
+            raise ConfigError("backoff-factor must be < 1 (the scale must drop when a step overflows)")
+        number("growth_interval", int, 1, 10**9)
+        number("hidden", int, 1, 65536)
+        number("depth", int, 1, 64)
+        return self
+
+
+def resolve_accelerator(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if requested == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("accelerator 'gpu' needs CUDA, and torch.cuda.is_available() is False here; use --accelerator cpu or auto")
+    return requested
+
+
+def wandb_credentials_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def hardware_facts() -> dict[str, Any]:
+    import torch
+
+    facts: dict[str, Any] = {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
+    if facts["cuda"]:
+        i = torch.cuda.current_device()
+        facts.update(
+            device_name=torch.cuda.get_device_name(i),
+            compute_capability=".".join(map(str, torch.cuda.get_device_capability(i))),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
+    return facts
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "pytorch-lightning", "wandb", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def build_precision(config: RunConfig, accelerator: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trainer keyword arguments for the precision, and a description of the path taken."""
+    import torch
+    from pytorch_lightning.plugins import MixedPrecision
+
+    if config.precision == "16-mixed":
+        device = "cuda" if accelerator == "gpu" else "cpu"
+        scaler = torch.amp.GradScaler(
+            device,
+            init_scale=config.init_scale,
+            growth_factor=config.growth_factor,
+            backoff_factor=config.backoff_factor,
+            growth_interval=config.growth_interval,
+        )
+        path = (
+            "explicit MixedPrecision('16-mixed', 'cpu') with a CPU GradScaler: Lightning alone would fall back to bf16-mixed on CPU"
+            if device == "cpu"
+            else "MixedPrecision('16-mixed', 'cuda') with a GradScaler of the requested settings"
+        )
+        return {"plugins": [MixedPrecision("16-mixed", device, scaler=scaler)]}, {"path": path, "autocast_dtype": "float16", "grad_scaler": True}
+    dtype = {"bf16-mixed": "bfloat16"}.get(config.precision)
+    return {"precision": config.precision}, {"path": f"Lightning precision={config.precision!r}", "autocast_dtype": dtype, "grad_scaler": False}
+
+
+class StopOnRequest:
+    """Ends training at the next step once the run's stop file exists (the app's Stop, or SIGTERM)."""
+
+    def __new__(cls, run_dir: Path):
+        from pytorch_lightning.callbacks import Callback
+
+        class _StopOnRequest(Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if stop_requested(run_dir):
+                    trainer.should_stop = True
+
+        return _StopOnRequest()
+
+
+def _make_wandb_logger(config: RunConfig, writer: RunWriter) -> Any:
+    if config.wandb == "disabled":
+        return None
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+
+        return WandbLogger(
+            project=os.environ.get("WANDB_PROJECT", "amp-explorer"),
+            name=writer.id,
+            save_dir=str(writer.path),
+            offline=config.wandb == "offline",
+            config=asdict(config),
+        )
+    except Exception as e:
+        writer.add_warning(f"W&B is unavailable, training without it: {type(e).__name__}: {e}")
+        return None
+
+
+def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
+    """Train once and record it. Returns the writer; the record's status says how it ended.
+
+    Exceptions from training are recorded as `failed` and raised again; configuration errors raise
+    ConfigError before any folder is made.
+    """
+    config.validate()
+    accelerator = resolve_accelerator(config.accelerator)
+    if config.wandb == "online" and not wandb_credentials_present():
+        raise ConfigError("W&B online needs credentials: run `wandb login` or set WANDB_API_KEY, or use --wandb offline")
+
+    import pytorch_lightning as pl
+    import torch
+
+    from amp_core.callbacks import AmpWandbCallback, LossScaleMonitor
+    from amp_core.model import DemoMLP, synthetic_loader
+    from amp_core.record_logger import RunRecordLogger
+
+    runs_dir = config.runs_dir or str(default_runs_dir())
+    record = {**asdict(config), "runs_dir": runs_dir, "accelerator_resolved": accelerator, "created_at": now_iso()}
+    if writer is None:
+        writer = RunWriter.create(runs_dir, record, label=config.precision)
+    else:
+        writer.update_config(**record)
+    writer.set_status("running", created_at=writer._status.get("created_at", record["created_at"]), started_at=now_iso(), pid=os.getpid(), host=socket.gethostname())
+
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if previous_sigterm in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, lambda *_: request_stop(writer.path))
+    wandb_logger = None
+    try:
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        precision_kwargs, precision_info = build_precision(config, accelerator)
+        model = DemoMLP(hidden=config.hidden, depth=config.depth, lr=config.lr, fused=config.fused)
+        loader = synthetic_loader(config.batch_size, batches=min(config.max_steps, 64), seed=config.seed)
+        wandb_logger = _make_wandb_logger(config, writer)
+        mixed = config.precision in ("16-mixed", "bf16-mixed")
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            max_steps=config.max_steps,
+            max_epochs=-1,
+            logger=[RunRecordLogger(writer)] + ([wandb_logger] if wandb_logger else []),
+            callbacks=[LossScaleMonitor(), AmpWandbCallback(enabled=mixed, precision=config.precision), StopOnRequest(writer.path)],
+            log_every_n_steps=1 if accelerator == "cpu" else 20,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=sys.stderr.isatty(),
+            default_root_dir=str(writer.path),
+            **precision_kwargs,
+        )
+        plugin = trainer.strategy.precision_plugin
+        writer.update_config(
+            precision_resolved=trainer.precision,
+            precision_plugin=type(plugin).__name__,
+            amp_path=precision_info["path"],
+            autocast_dtype=precision_info["autocast_dtype"],
+            grad_scaler=getattr(plugin, "scaler", None) is not None,
+            hardware=hardware_facts(),
+            versions=versions(),
+            matmul_flops_per_step=model.matmul_flops_per_step(config.batch_size),
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            trainer.fit(model, loader)
+        writer.set_status("stopped" if stop_requested(writer.path) else "completed", ended_at=now_iso(), global_step=trainer.global_step)
+    except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
+        writer.set_status("stopped", ended_at=now_iso(), error="interrupted by the user")
+    except BaseException as e:
+        writer.set_status("failed", ended_at=now_iso(), error=f"{type(e).__name__}: {e}".strip(), traceback=traceback.format_exc(limit=20))
+        raise
+    finally:
+        writer.close()
+        if wandb_logger is not None:
+            try:
+                wandb_logger.experiment.finish()  # else a later WandbLogger in this process reuses the run
+            except Exception as e:
+                writer.add_warning(f"W&B finish failed: {type(e).__name__}: {e}")
+        if previous_sigterm in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return writer
+
+
+def parser() -> argparse.ArgumentParser:
+    d = RunConfig()
+    p = argparse.ArgumentParser(prog="python -m amp_core.train", description="One short mixed-precision training run, recorded for AMP Explorer.")
+    p.add_argument("--precision", default=d.precision, help="any Lightning precision value, e.g. 16-mixed, bf16-mixed, 32-true, 16, bf16, 32")
+    p.add_argument("--accelerator", default=d.accelerator, help="auto, cpu or gpu")
+    p.add_argument("--max-steps", default=d.max_steps, help="optimizer steps to run")
+    p.add_argument("--batch-size", default=d.batch_size)
+    p.add_argument("--lr", default=d.lr)
+    p.add_argument("--seed", default=d.seed)
+    p.add_argument("--init-scale", default=d.init_scale, help="GradScaler initial loss scale (fp16 only)")
+    p.add_argument("--growth-factor", default=d.growth_factor)
+    p.add_argument("--backoff-factor", default=d.backoff_factor)
+    p.add_argument("--growth-interval", default=d.growth_interval)
+    p.add_argument("--hidden", default=d.hidden, help="width of the demo MLP")
+    p.add_argument("--depth", default=d.depth, help="hidden layers of the demo MLP")
+    p.add_argument("--fused", action="store_true", help="use the fused AdamW implementation")
+    p.add_argument("--wandb", default=d.wandb, help="offline (default), online (needs credentials) or disabled")
+    p.add_argument("--runs-dir", default=None, help=f"where run records go (default: ${'AMP_RUNS_DIR'} or runs/)")
+    return p
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise _ArgumentError(message)
+
+
+def config_from_args(argv: list[str] | None) -> RunConfig:
+    p = parser()
+    p.__class__ = _Parser
+    args = p.parse_args(argv)
+
+    def parse(name: str, value: Any, kind: type) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return int(value) if kind is int else float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+
+    types = {f.name: f.type for f in fields(RunConfig)}
+    values = {}
+    for name, value in vars(args).items():
+        kind = {"int": int, "float": float}.get(str(types.get(name)))
+        values[name] = parse("--" + name.replace("_", "-"), value, kind) if kind else value
+    values["runs_dir"] = values["runs_dir"] or str(default_runs_dir())
+    return RunConfig(**values).validate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = config_from_args(argv)
+        writer = run(config)
+    except (ConfigError, RunRecordError, _ArgumentError) as e:
+        print(f"amp_core.train: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        print(f"amp_core.train: the run failed: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        return 1
+    from amp_core.runs import load_run, summarize
+
+    s = summarize(load_run(writer.path))
+    scale = f"{s['final_loss_scale']:g}" if s["final_loss_scale"] is not None else "none"
+    loss = f"{s['final_loss']:.4f}" if s["final_loss"] is not None else "n/a"
+    print(f"{s['state']}: {s['steps']} steps at {s['precision']} on {s['accelerator']}, {s['skipped']} skipped, final loss scale {scale}, final loss {loss}")
+    print(writer.path)
+    return 0 if s["state"] in ("completed", "stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
