@@ -30,7 +30,7 @@ import numpy as np
 RUNS_DIR_ENV = "AMP_RUNS_DIR"
 CONFIG_FILE, STATUS_FILE, METRICS_FILE, STOP_FILE = "config.json", "status.json", "metrics.jsonl", "stop"
 
-ACTIVE_STATES = ("queued", "running")
+ACTIVE_STATES = ("queued", "starting", "running")
 FINAL_STATES = ("completed", "failed", "stopped", "interrupted")
 
 # The per-step fields every metrics line carries; readers turn each into one NumPy column.
@@ -294,14 +294,44 @@ class Run:
 def effective_state(status: dict) -> str:
     """The state to show: a 'running' record whose process is gone has failed, whatever it says."""
     state = status.get("state", "unknown")
-    if state == "running" and process_alive(status.get("pid"), status.get("host")) is False:
+    if state in ("running", "starting") and process_alive(status.get("pid"), status.get("host")) is False:
         return "failed"
     return state if isinstance(state, str) else "unknown"
 
 
+_cache: dict[Path, tuple[tuple, Run]] = {}
+
+
+def _stamp(path: Path) -> tuple:
+    out = []
+    for name in (CONFIG_FILE, STATUS_FILE, METRICS_FILE):
+        try:
+            st = (path / name).stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def load_run(path: str | os.PathLike) -> Run:
-    """Read one run folder. Never raises for damage inside the folder; see `Run.problems`."""
+    """Read one run folder. Never raises for damage inside the folder; see `Run.problems`.
+
+    Results are cached by the files' size and modification time: an unchanged record is not parsed
+    again. Treat the returned Run as read-only.
+    """
     path = Path(path)
+    stamp = _stamp(path)
+    hit = _cache.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    run = _load_run(path)
+    if len(_cache) > 512:
+        _cache.clear()
+    _cache[path] = (stamp, run)
+    return run
+
+
+def _load_run(path: Path) -> Run:
     problems = []
     config, status = {}, {}
     for name, target in ((CONFIG_FILE, config), (STATUS_FILE, status)):
@@ -325,7 +355,7 @@ def load_run(path: str | os.PathLike) -> Run:
     partial = consumed < len(data.rstrip(b"\n")) if data else False
     if partial and effective_state(status) != "running":
         problems.append(f"the last line of {METRICS_FILE} is cut off")
-    if status.get("state") == "running" and effective_state(status) == "failed":
+    if status.get("state") in ("running", "starting") and effective_state(status) == "failed":
         problems.append("the training process is gone: it died without recording an end")
     return Run(path.name, path, config, status, RunMetrics.from_rows(rows), problems, partial)
 
@@ -343,6 +373,22 @@ def list_runs(runs_dir: str | os.PathLike | None = None) -> list[Run]:
             runs.append(load_run(p))
     runs.sort(key=lambda r: (str(r.status.get("created_at") or r.config.get("created_at") or ""), r.id), reverse=True)
     return runs
+
+
+def queued_runs(runs_dir: str | os.PathLike) -> list[Run]:
+    """Runs waiting to start, oldest first. Reads only status files, then the queued runs' records."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    queued = []
+    for p in root.iterdir():
+        try:
+            status = _read_json(p / STATUS_FILE)
+        except (OSError, ValueError):
+            continue
+        if status.get("state") == "queued" and _RUN_ID.match(p.name) and not p.is_symlink():
+            queued.append((status.get("queued_at", 0), p.name, p))
+    return [load_run(p) for _, _, p in sorted(queued, key=lambda t: (t[0] if isinstance(t[0], (int, float)) else 0, t[1]))]
 
 
 class RunFollower:
@@ -422,3 +468,16 @@ def wait_for_state(path: str | os.PathLike, states: tuple[str, ...], timeout: fl
         if state in states or time.monotonic() > deadline:
             return state
         time.sleep(0.05)
+
+
+def metrics_csv(run: Run) -> str:
+    """The run's per-step metrics as CSV (empty cells where a value is null)."""
+    lines = [",".join(METRIC_COLUMNS)]
+    for row in run.metrics.rows():
+        lines.append(",".join("" if row[c] is None else str(row[c]).lower() if isinstance(row[c], bool) else repr(row[c]) for c in METRIC_COLUMNS))
+    return "\n".join(lines) + "\n"
+
+
+def metrics_json(run: Run) -> str:
+    """The whole record as one JSON document: config, status and per-step metrics."""
+    return json.dumps({"id": run.id, "config": run.config, "status": run.status, "metrics": run.metrics.rows()}, indent=1)

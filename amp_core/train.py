@@ -17,6 +17,7 @@ import platform
 import signal
 import socket
 import sys
+import threading
 import traceback
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -216,8 +217,10 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
         writer.update_config(**record)
     writer.set_status("running", created_at=writer._status.get("created_at", record["created_at"]), started_at=now_iso(), pid=os.getpid(), host=socket.gethostname())
 
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-    if previous_sigterm in (signal.SIG_DFL, None):
+    # Python handles signals only in the main thread: run() called from another thread (an in-process
+    # worker) leaves SIGTERM alone instead of failing with ValueError after the record says 'running'.
+    own_sigterm = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+    if own_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: request_stop(writer.path))
     wandb_logger = None
     try:
@@ -268,7 +271,7 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
                 wandb_logger.experiment.finish()  # else a later WandbLogger in this process reuses the run
             except Exception as e:
                 writer.add_warning(f"W&B finish failed: {type(e).__name__}: {e}")
-        if previous_sigterm in (signal.SIG_DFL, None):
+        if own_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return writer
 

@@ -1,0 +1,128 @@
+"""Plotly figures from run records: pure functions, no Streamlit.
+
+The loss scale is piecewise constant, so it is drawn from its change points as a step line
+(`line_shape="hv"`): the same picture from a tiny fraction of the points. Dense series (loss,
+gradient norm) are reduced to at most `max_points` by keeping each bucket's first, min and max
+points, so a spike survives downsampling. Everything is passed to Plotly as NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+import plotly.graph_objects as go
+
+from amp_core.runs import RunMetrics, change_points
+
+MAX_POINTS = 4000
+MAX_MARKERS = 2000
+PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
+
+
+def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ~max_points of (x, y), keeping each bucket's first, minimum and maximum point."""
+    n = len(x)
+    if n <= max_points:
+        return x, y
+    buckets = max(1, max_points // 3)
+    edges = np.linspace(0, n, buckets + 1).astype(np.int64)
+    filled = np.where(np.isnan(y), np.inf, y)
+    keep = [edges[:-1]]
+    starts = edges[:-1]
+    keep.append(starts + np.array([np.argmin(filled[a:b]) for a, b in zip(edges[:-1], edges[1:])]))
+    filled = np.where(np.isnan(y), -np.inf, y)
+    keep.append(starts + np.array([np.argmax(filled[a:b]) for a, b in zip(edges[:-1], edges[1:])]))
+    keep.append(np.array([n - 1]))
+    idx = np.unique(np.concatenate(keep))
+    return x[idx], y[idx]
+
+
+def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    if len(x) <= max_points:
+        return x, y, False
+    idx = np.unique(np.linspace(0, len(x) - 1, max_points).astype(np.int64))
+    return x[idx], y[idx], True
+
+
+def _pow2_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    a, b = math.floor(math.log2(lo)), math.ceil(math.log2(hi))
+    step = max(1, math.ceil((b - a + 1) / 12))
+    exps = list(range(a, b + 1, step))
+    return [2.0**e for e in exps], [f"2<sup>{e}</sup>" for e in exps]
+
+
+def _layout(fig: go.Figure, title: str, ytitle: str, height: int = 320) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        height=height,
+        margin=dict(l=60, r=20, t=50, b=40),
+        xaxis_title="optimizer step",
+        yaxis_title=ytitle,
+        legend=dict(orientation="h", y=-0.2),
+        uirevision="keep",  # keeps a user's zoom across redraws of the same chart where Plotly can
+    )
+    return fig
+
+
+Series = tuple[str, RunMetrics]
+
+
+def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)") -> go.Figure:
+    """The GradScaler's scale per step on a log2 axis, with skipped (overflow) steps marked."""
+    fig = go.Figure()
+    lo, hi = math.inf, 0.0
+    for i, (label, m) in enumerate(series):
+        color = PALETTE[i % len(PALETTE)]
+        valid = ~np.isnan(m.loss_scale) & (m.loss_scale > 0)
+        if not valid.any():
+            continue
+        steps, scale = change_points(m.step[valid], m.loss_scale[valid])
+        lo, hi = min(lo, float(scale.min())), max(hi, float(scale.max()))
+        fig.add_trace(go.Scatter(x=steps, y=scale, mode="lines", line_shape="hv", name=f"{label} scale", line=dict(color=color)))
+        skipped = valid & (m.skipped > 0)
+        if skipped.any():
+            sx, sy, thinned = _thin(m.step[skipped], m.loss_scale[skipped], MAX_MARKERS)
+            name = f"{label} skipped ({int(skipped.sum())}{', sampled' if thinned else ''})"
+            fig.add_trace(
+                go.Scatter(x=sx, y=sy, mode="markers", name=name, marker=dict(symbol="x", size=8, color="#d62728"),
+                           hovertemplate="step %{x}: overflow, step skipped at scale %{y:.3g}<extra></extra>")
+            )
+    _layout(fig, title, "loss scale")
+    if hi > 0:
+        tickvals, ticktext = _pow2_ticks(lo, hi)
+        fig.update_yaxes(type="log", tickvals=tickvals, ticktext=ticktext)
+    else:
+        fig.add_annotation(text="no GradScaler in this run: bf16 and fp32 need no loss scaling", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig
+
+
+def _dense_figure(series: Iterable[Series], column: str, title: str, ytitle: str, log: bool = False) -> go.Figure:
+    fig = go.Figure()
+    for i, (label, m) in enumerate(series):
+        y = getattr(m, column)
+        keep = ~np.isnan(y) & (y > 0 if log else True)
+        x, y = downsample(m.step[keep], y[keep])
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=label, line=dict(color=PALETTE[i % len(PALETTE)])))
+    _layout(fig, title, ytitle)
+    if log:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def loss_figure(series: Iterable[Series]) -> go.Figure:
+    return _dense_figure(series, "loss", "Training loss", "loss")
+
+
+def grad_norm_figure(series: Iterable[Series]) -> go.Figure:
+    return _dense_figure(series, "grad_norm", "Gradient norm (unscaled, L2)", "norm", log=True)
+
+
+def figure_payload_bytes(fig: go.Figure) -> int:
+    return len(fig.to_json().encode())
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A standalone HTML file (Plotly's JavaScript embedded, so it opens offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
