@@ -398,6 +398,7 @@ class RunFollower:
         self.path = Path(path)
         self.metrics = RunMetrics()
         self.status: dict = {}
+        self.config: dict = {}
         self.damaged_lines = 0
         self._offset = 0
 
@@ -405,6 +406,8 @@ class RunFollower:
         """Read what was appended; returns how many new steps arrived."""
         try:
             self.status = _read_json(self.path / STATUS_FILE)
+            if not self.config or self.status.get("state") in ACTIVE_STATES:
+                self.config = _read_json(self.path / CONFIG_FILE)  # the trainer adds resolved facts at start
         except (OSError, ValueError):
             pass
         try:

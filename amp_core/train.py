@@ -262,7 +262,7 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
     except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
         writer.set_status("stopped", ended_at=now_iso(), error="interrupted by the user")
     except BaseException as e:
-        writer.set_status("failed", ended_at=now_iso(), error=f"{type(e).__name__}: {e}".strip(), traceback=traceback.format_exc(limit=20))
+        writer.set_status("failed", ended_at=now_iso(), error=f"{type(e).__name__}: {e}".strip(), traceback=traceback.format_exc(limit=-20))  # the innermost frames: where it failed
         raise
     finally:
         writer.close()

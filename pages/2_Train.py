@@ -1,0 +1,89 @@
+"""Train: a short run in a child process, its loss scale drawn live."""
+
+import streamlit as st
+
+import ui_common
+from amp_core.precision import lightning_precision_values
+from amp_core.runs import ACTIVE_STATES, load_run, run_path
+from amp_core.train import ConfigError, RunConfig
+
+st.set_page_config(page_title="Train · AMP Explorer", page_icon="🏃", layout="wide")
+st.title("Train")
+st.caption(
+    "A small MLP on synthetic data, trained by Lightning in a separate process (a warm worker waits with torch "
+    "and Lightning imported). Closing this tab does not stop the run; others can watch it on the Runs page."
+)
+
+launcher = ui_common.launcher()
+defaults = RunConfig()
+values = lightning_precision_values()
+
+with st.form("run"):
+    c1, c2, c3, c4 = st.columns(4)
+    precision = c1.selectbox("Precision", values, index=values.index("16-mixed"),
+                             help="16-mixed on a CPU runs real fp16 autocast with a CPU GradScaler (slower than fp32: no fp16 units).")
+    accelerator = c2.selectbox("Accelerator", ("auto", "cpu", "gpu"))
+    steps = c3.number_input("Steps", min_value=1, max_value=1_000_000, value=300, step=50)
+    batch_size = c4.number_input("Batch size", min_value=1, max_value=65536, value=defaults.batch_size)
+    c1, c2, c3, c4 = st.columns(4)
+    lr = c1.number_input("Learning rate", min_value=1e-6, max_value=10.0, value=defaults.lr, format="%.5f")
+    seed = c2.number_input("Seed", min_value=0, max_value=2**32 - 1, value=defaults.seed)
+    hidden = c3.number_input("Hidden width", min_value=1, max_value=65536, value=defaults.hidden)
+    depth = c4.number_input("Hidden layers", min_value=1, max_value=64, value=defaults.depth)
+    st.markdown("**GradScaler** (fp16 only). torch's defaults are 2<sup>16</sup> and 2000; these show backoffs and growth in a short run.",
+                unsafe_allow_html=True)
+    c1, c2, c3, c4 = st.columns(4)
+    init_log2 = c1.number_input("Initial scale, log2", min_value=-24, max_value=126, value=24)
+    growth_factor = c2.number_input("Growth factor", min_value=1.0001, max_value=1e6, value=defaults.growth_factor)
+    backoff_factor = c3.number_input("Backoff factor", min_value=0.0001, max_value=0.9999, value=defaults.backoff_factor, format="%.4f")
+    growth_interval = c4.number_input("Growth interval", min_value=1, max_value=10**9, value=50)
+    wandb = st.radio("W&B", ("offline", "online", "disabled"), horizontal=True,
+                     help="offline writes a local W&B run inside the run folder; online needs `wandb login`.")
+    start = st.form_submit_button("Start run", type="primary")
+
+if start:
+    config = RunConfig(
+        precision=precision, accelerator=accelerator, max_steps=int(steps), batch_size=int(batch_size), lr=float(lr),
+        seed=int(seed), init_scale=2.0 ** int(init_log2), growth_factor=float(growth_factor),
+        backoff_factor=float(backoff_factor), growth_interval=int(growth_interval), hidden=int(hidden), depth=int(depth),
+        wandb=wandb,
+    )
+    try:
+        if wandb == "online":
+            from amp_core.train import wandb_credentials_present
+
+            if not wandb_credentials_present():
+                raise ConfigError("W&B online needs credentials: run `wandb login` or set WANDB_API_KEY, or choose offline")
+        run_id = launcher.submit(config)
+    except (ConfigError, ValueError) as e:
+        st.error(f"Cannot start this run: {e}")
+    else:
+        st.session_state["train_run"] = run_id
+        st.query_params["run"] = run_id
+
+run_id = ui_common.valid_run_id(st.query_params.get("run")) or st.session_state.get("train_run")
+if not run_id:  # a reload lost the session: show whatever is training now
+    active = launcher.active()
+    run_id = next(iter(active.values()), None)
+if not run_id:
+    st.info("No run yet: set the options and press **Start run**.")
+    st.stop()
+
+st.session_state["train_run"] = run_id
+run = load_run(run_path(ui_common.runs_dir(), run_id))
+st.subheader(f"Run `{run_id}`")
+c1, c2 = st.columns([1, 4])
+if run.state in ACTIVE_STATES and c1.button("Stop", type="secondary"):
+    st.toast(f"Stop: {launcher.stop(run_id)}")
+paused = c2.toggle("Pause live updates", help="Stops redrawing so you can zoom and hover; the run goes on.")
+
+
+@st.fragment(run_every=2.0)
+def queue() -> None:
+    waiting = launcher.queue()
+    if waiting:
+        st.caption("Queue (one run per device at a time): " + ", ".join(f"{q['position']}. `{q['id']}`" for q in waiting))
+
+
+queue()
+ui_common.live_run(run_id, key="train", paused=paused)

@@ -1,0 +1,224 @@
+"""Every page through Streamlit's AppTest, against run records the real engine wrote."""
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from amp_core import worker
+from amp_core.runs import change_points, list_runs, load_run
+from amp_core.train import RunConfig, run
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 120
+
+
+@pytest.fixture
+def app_env(runs_dir):
+    """A clean runs dir per test; the process-wide launcher and cached resources go with it."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    yield runs_dir
+    st.cache_resource.clear()
+    for key, launcher in list(worker._launchers.items()):
+        launcher.close(stop_runs=True)
+        worker._launchers.pop(key, None)
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT)
+
+
+def _decode(value):
+    """Plotly sends NumPy arrays as base64 typed arrays ({'dtype', 'bdata'}): turn them back."""
+    if isinstance(value, dict):
+        if "bdata" in value and "dtype" in value:
+            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def figures(at: AppTest) -> list:
+    """Plotly charts come back as UnknownElement: rebuild the figures from their spec."""
+    return [go.Figure(_decode(json.loads(el.proto.spec))) for el in at.get("plotly_chart")]
+
+
+@pytest.fixture(scope="module")
+def recorded_fp16(tmp_path_factory):
+    """A real fp16 run with backoffs and growth, written by the engine on CPU."""
+    d = tmp_path_factory.mktemp("recorded")
+    writer = run(RunConfig(precision="16-mixed", max_steps=40, init_scale=2.0**40, growth_interval=5, wandb="disabled", runs_dir=str(d)))
+    return d, writer.id
+
+
+def test_home_shows_hardware_without_lightning(app_env):
+    at = page("app.py").run()
+    assert not at.exception
+    assert "Automatic mixed precision" in at.markdown[0].value
+    launcher = worker.get_launcher(app_env)
+    deadline = time.monotonic() + 90
+    while launcher.hardware is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    at.run()
+    text = " ".join(m.value for m in at.markdown)
+    assert "CPU only" in text or "GPU 0" in text
+
+
+def test_home_does_not_import_lightning():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy; from streamlit.testing.v1 import AppTest;"
+        f"at = AppTest.from_file({str(ROOT / 'app.py')!r}, default_timeout=60).run();"
+        "assert not at.exception, at.exception;"
+        "print('pytorch_lightning' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["False", "False"]
+
+
+def metric_values(at: AppTest) -> list[str]:
+    return [m.value for m in at.metric]
+
+
+def test_precision_defaults_on_cpu(app_env):
+    at = page("pages/1_Precision.py").run()
+    assert not at.exception
+    rule, final, autocast, scaler = metric_values(at)
+    assert rule == "'16-mixed'"
+    assert final == "bf16-mixed"  # Lightning's CPU fallback of fp16
+    assert autocast == "bfloat16" and scaler == "no"
+    assert any("AMP with fp16 is not supported on CPU" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize(
+    "precision, use_amp, cuda, gpu, expected",
+    [
+        ("16-mixed", "True", True, True, ["'16'", "16-mixed", "float16", "yes"]),
+        ("bf16", "None", False, False, ["'bf16'", "bf16-mixed", "bfloat16", "no"]),
+        ("64", "None", False, True, ["'64'", "64-true", "none", "no"]),
+        ("bf16-mixed", "False", True, True, ["'32'", "32-true", "none", "no"]),
+    ],
+)
+def test_precision_toggles(app_env, precision, use_amp, cuda, gpu, expected):
+    at = page("pages/1_Precision.py").run()
+    at.selectbox(key="precision").select(precision)
+    at.selectbox(key="use_amp").select(use_amp)
+    at.checkbox(key="cuda").set_value(cuda)
+    at.checkbox(key="gpu").set_value(gpu)
+    at.run()
+    assert not at.exception
+    assert metric_values(at) == expected
+    if cuda and gpu:  # no CUDA here: Lightning was asked with CUDA simulated, and the page says so
+        assert any("simulated" in i.value for i in at.info)
+
+
+def test_precision_from_link_and_hostile_link(app_env):
+    at = page("pages/1_Precision.py")
+    at.query_params["precision"] = "bf16"
+    at.query_params["use_amp"] = "None"
+    at.run()
+    assert metric_values(at)[1] == "bf16-mixed"
+
+    at = page("pages/1_Precision.py")
+    at.query_params["precision"] = "<script>alert(1)</script>"
+    at.run()
+    assert not at.exception
+    assert any("Ignored" in w.value for w in at.warning)
+    assert metric_values(at)[0] == "'16-mixed'"
+
+
+def test_precision_truth_table(app_env):
+    at = page("pages/1_Precision.py").run()
+    table = at.dataframe[1].value
+    assert len(table) == 12  # 3 use_amp x 2 cuda x 2 gpu for the selected precision
+    at.toggle[0].set_value(True).run()
+    full = at.dataframe[1].value
+    assert len(full) > 12 and len(full) % 12 == 0
+    assert set(full["final"]) >= {"bf16-mixed", "16-mixed", "32-true"}
+
+
+def test_runs_page_lists_and_replays_an_engine_run(app_env, recorded_fp16, monkeypatch):
+    d, run_id = recorded_fp16
+    monkeypatch.setenv("AMP_RUNS_DIR", str(d))
+    at = page("pages/3_Runs.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert run_id in list(table["id"])
+    row = table[table["id"] == run_id].iloc[0]
+    record = load_run(d / run_id)
+    assert row["state"] == "completed" and row["steps"] == 40 and row["skipped"] == record.skipped_steps > 0
+
+    scale_fig = figures(at)[0]
+    line, markers = scale_fig.data[0], scale_fig.data[1]
+    m = record.metrics
+    cx, cy = change_points(m.step, m.loss_scale)
+    assert line.line.shape == "hv"
+    np.testing.assert_array_equal(np.asarray(line.x), cx)
+    np.testing.assert_array_equal(np.asarray(line.y), cy)
+    assert len(markers.x) == record.skipped_steps
+    assert scale_fig.layout.yaxis.type == "log"
+    assert len(figures(at)[1].data[0].x) == 40  # the loss, every step
+
+
+def test_runs_page_survives_damage_and_bad_links(app_env, recorded_fp16, monkeypatch):
+    d, run_id = recorded_fp16
+    broken = d / "20990101-000000-broken-000000"
+    broken.mkdir(exist_ok=True)
+    (broken / "status.json").write_text("{not json")
+    (broken / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "lo')
+    (d / "not-a-run").mkdir(exist_ok=True)
+    monkeypatch.setenv("AMP_RUNS_DIR", str(d))
+    at = page("pages/3_Runs.py")
+    at.query_params["run"] = "../../etc"
+    at.run()
+    assert not at.exception
+    assert any("not in this runs directory" in w.value for w in at.warning)
+    ids = list(at.dataframe[0].value["id"])
+    assert broken.name in ids and run_id in ids and "not-a-run" not in ids
+    at.selectbox(key="run").select(broken.name).run()
+    assert not at.exception
+    assert any("damaged" in w.value for w in at.warning)
+
+
+def test_train_start_run_records_and_completes(app_env):
+    at = page("pages/2_Train.py").run()
+    assert not at.exception
+    assert any("No run yet" in i.value for i in at.info)
+    steps = next(n for n in at.number_input if n.label == "Steps")
+    steps.set_value(25)
+    next(r for r in at.radio if r.label == "W&B").set_value("disabled")
+    next(b for b in at.button if b.label == "Start run").click()
+    at.run()
+    assert not at.exception
+    runs = list_runs(app_env)
+    assert len(runs) == 1 and runs[0].config["max_steps"] == 25
+    run_id = runs[0].id
+    deadline = time.monotonic() + 120
+    while load_run(app_env / run_id).state not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert load_run(app_env / run_id).state == "completed"
+    at.run()  # run_every does not tick in AppTest: rerun by hand
+    assert any("completed" in p.proto.text for p in at.get("progress"))
+    assert len(figures(at)[0].data[0].x) >= 1
+
+
+def test_train_online_without_credentials_is_a_message(app_env, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    at = page("pages/2_Train.py").run()
+    next(r for r in at.radio if r.label == "W&B").set_value("online")
+    next(b for b in at.button if b.label == "Start run").click()
+    at.run()
+    assert not at.exception
+    assert any("credentials" in e.value for e in at.error)
+    assert list_runs(app_env) == []

@@ -1,0 +1,306 @@
+"""End-to-end fixtures: one real `streamlit run app.py` server and one headless Chromium per session.
+
+The server gets its own runs directory (AMP_RUNS_DIR) and W&B stays offline. Each simulated user
+is a new browser context. The suite needs Debian's chromium at /usr/bin/chromium (or
+$AMP_CHROMIUM) and the PyPI `playwright` package; without them it is skipped, except under CI
+(CI=true), where a missing browser is a failure.
+
+Screenshots go to $AMP_BROWSER_ARTIFACTS when set, else to a pytest temporary folder; the server's
+log is printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("AMP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Generous: this machine is small and shared. Waits poll a condition; nothing asserts a duration.
+SERVER_START_S = 90
+PAGE_S = 60  # a page to load and settle (the first Train page imports torch and Lightning)
+RUN_S = 150  # a short training run to finish (the worker imports torch and Lightning first)
+
+SETTLED = "[data-testid='stApp'][data-test-script-state='notRunning']"
+EXCEPTION = "[data-testid='stException']"
+NAV_LINKS = "[data-testid='stSidebarNav'] a"
+TRACE_LENGTHS_JS = "() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e => (e.data||[]).map(t => t.x ? t.x.length : 0))"
+
+
+# -- what the whole suite needs ----------------------------------------------------------------
+
+
+def _missing_requirement() -> str | None:
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set AMP_CHROMIUM)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -r requirements-dev.txt)"
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _browser_requirements():
+    reason = _missing_requirement()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"browser suite cannot run under CI: {reason}", pytrace=False)
+        pytest.skip(f"browser suite skipped: {reason}")
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_pids(runs_dir: Path) -> list[int]:
+    """Processes running `amp_core.worker` whose environment names our runs directory."""
+    marker = f"AMP_RUNS_DIR={runs_dir}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if b"amp_core.worker" not in cmdline:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours to read
+            continue
+        if marker in environ:
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_workers(runs_dir: Path, timeout: float = 10.0) -> list[int]:
+    """SIGKILL every worker (and its process group) started for `runs_dir`; returns their pids."""
+    pids = _worker_pids(runs_dir)
+    for pid in pids:
+        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                kill()
+                break
+            except (ProcessLookupError, PermissionError):
+                continue
+    deadline = time.monotonic() + timeout
+    while _worker_pids(runs_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pids
+
+
+class StreamlitServer:
+    """`streamlit run <script>` on a free local port, with its own runs directory."""
+
+    def __init__(self, workdir: Path, script: str = "app.py", runs_dir: Path | None = None, env: dict | None = None):
+        self.workdir = Path(workdir)
+        self.script = script
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.runs_dir = Path(runs_dir).resolve() if runs_dir else None
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    def start(self, log_path: Path) -> "StreamlitServer":
+        env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true", PYTHONUNBUFFERED="1")
+        env.pop("STREAMLIT_SERVER_PORT", None)
+        if self.runs_dir is not None:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            env["AMP_RUNS_DIR"] = str(self.runs_dir)
+            env["WANDB_DIR"] = str(self.runs_dir.parent)
+        env.update(self.extra_env)
+        cmd = [
+            sys.executable, "-m", "streamlit", "run", self.script,
+            "--server.headless", "true",
+            "--server.address", "127.0.0.1",
+            "--server.port", str(self.port),
+            "--server.fileWatcherType", "none",
+            "--browser.gatherUsageStats", "false",
+        ]  # fmt: skip
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with code {self.proc.returncode} before it was healthy:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"streamlit was not healthy after {SERVER_START_S} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def log_tail(self, chars: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except (OSError, AttributeError):
+            return ""
+
+    def stop(self) -> list[int]:
+        """Terminate the server (then kill it), then kill any worker it left; returns leftover pids."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        leftovers = kill_workers(self.runs_dir) if self.runs_dir is not None else []
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+        return leftovers
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The app, served from the repository root with an empty runs directory of its own."""
+    if not (REPO / "app.py").exists():
+        pytest.fail("app.py is missing from the repository root", pytrace=False)
+    base = tmp_path_factory.mktemp("amp-app")
+    server = StreamlitServer(REPO, "app.py", runs_dir=base / "runs")
+    server.start(base / "streamlit.log")
+    yield server
+    server.stop()
+    assert not _worker_pids(server.runs_dir), "amp_core.worker processes survived the server"
+
+
+# -- the browser -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def new_page(browser):
+    """new_page() -> a page in a fresh browser context (one simulated user); closed after the test."""
+    contexts = []
+
+    def make(viewport: dict | None = None):
+        context = browser.new_context(viewport=viewport or {"width": 1400, "height": 1000})
+        context.set_default_timeout(PAGE_S * 1000)
+        contexts.append(context)
+        return context.new_page()
+
+    yield make
+    for c in contexts:
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture(scope="session")
+def shots_dir(tmp_path_factory) -> Path:
+    d = os.environ.get("AMP_BROWSER_ARTIFACTS")
+    path = Path(d) if d else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        server = item.funcargs.get("app_server")
+        if server is not None:
+            report.sections.append(("streamlit server log (tail)", server.log_tail()))
+
+
+# -- page helpers --------------------------------------------------------------------------------
+
+
+def settle(page, timeout_s: float = PAGE_S) -> None:
+    """Wait until the script has run (Streamlit's own e2e wait: script state notRunning)."""
+    page.wait_for_selector(SETTLED, timeout=timeout_s * 1000)
+
+
+def open_page(page, server: StreamlitServer, path: str = "/", timeout_s: float = PAGE_S) -> None:
+    page.goto(server.url + path)
+    settle(page, timeout_s)
+
+
+def exception_texts(page) -> list[str]:
+    return page.locator(EXCEPTION).all_inner_texts()
+
+
+def assert_no_exception(page) -> None:
+    shown = exception_texts(page)
+    assert not shown, "the page shows an exception:\n" + "\n---\n".join(shown)
+
+
+def trace_lengths(page) -> list[list[int]]:
+    return page.evaluate(TRACE_LENGTHS_JS)
+
+
+def chart_titles(page) -> list[str]:
+    return page.evaluate(
+        "() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e => {"
+        " const t = e.layout && e.layout.title; return typeof t === 'string' ? t : (t && t.text) || ''; })"
+    )
+
+
+def loss_scale_points(page) -> int:
+    """Points in the first trace of the loss-scale chart (0 while it is not drawn)."""
+    titles = chart_titles(page)
+    lengths = trace_lengths(page)
+    for title, traces in zip(titles, lengths):
+        if title.startswith("Loss scale"):
+            return traces[0] if traces else 0
+    return 0
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.25, message: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail with `message` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {message} (last value: {last!r})")
+
+
+def read_status(runs_dir: Path, run_id: str) -> dict:
+    try:
+        return json.loads((runs_dir / run_id / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
