@@ -20,6 +20,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -43,7 +45,21 @@ RUN_S = 150  # a short training run to finish (the worker imports torch and Ligh
 SETTLED = "[data-testid='stApp'][data-test-script-state='notRunning']"
 EXCEPTION = "[data-testid='stException']"
 NAV_LINKS = "[data-testid='stSidebarNav'] a"
-TRACE_LENGTHS_JS = "() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e => (e.data||[]).map(t => t.x ? t.x.length : 0))"
+# Plotly receives NumPy arrays as base64 typed arrays ({dtype, bdata}): `data[i].x` is that object
+# (with the decoded array in `_inputArray`), and `_fullData[i].x` is the decoded array.
+TRACE_LENGTHS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e =>
+  (e._fullData || e.data || []).map(t => {
+    const x = t.x;
+    if (!x) return 0;
+    if (typeof x.length === 'number') return x.length;
+    if (x._inputArray && typeof x._inputArray.length === 'number') return x._inputArray.length;
+    return 0;
+  }))"""
+CHART_TITLES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e => {
+  const t = e.layout && e.layout.title;
+  const text = typeof t === 'string' ? t : (t && t.text) || '';
+  return text.replace(/<[^>]*>/g, '');
+})"""
 
 
 # -- what the whole suite needs ----------------------------------------------------------------
@@ -267,24 +283,29 @@ def assert_no_exception(page) -> None:
 
 
 def trace_lengths(page) -> list[list[int]]:
+    """Points per trace, per Plotly chart on the page, in page order."""
     return page.evaluate(TRACE_LENGTHS_JS)
 
 
 def chart_titles(page) -> list[str]:
-    return page.evaluate(
-        "() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e => {"
-        " const t = e.layout && e.layout.title; return typeof t === 'string' ? t : (t && t.text) || ''; })"
-    )
+    return page.evaluate(CHART_TITLES_JS)
+
+
+def first_trace_points(page, title: str) -> int:
+    """Points in the first trace of the chart whose title starts with `title` (0 while none is drawn).
+
+    While a fragment redraws, Streamlit can show the old and the new chart for a moment: the
+    largest count wins."""
+    counts = [traces[0] if traces else 0 for t, traces in zip(chart_titles(page), trace_lengths(page)) if t.startswith(title)]
+    return max(counts, default=0)
 
 
 def loss_scale_points(page) -> int:
-    """Points in the first trace of the loss-scale chart (0 while it is not drawn)."""
-    titles = chart_titles(page)
-    lengths = trace_lengths(page)
-    for title, traces in zip(titles, lengths):
-        if title.startswith("Loss scale"):
-            return traces[0] if traces else 0
-    return 0
+    return first_trace_points(page, "Loss scale")
+
+
+def loss_points(page) -> int:
+    return first_trace_points(page, "Training loss")
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.25, message: str = "condition"):
@@ -304,3 +325,29 @@ def read_status(runs_dir: Path, run_id: str) -> dict:
         return json.loads((runs_dir / run_id / "status.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def url_params(page) -> dict[str, list[str]]:
+    return parse_qs(urlparse(page.url).query, keep_blank_values=True)
+
+
+def screenshot(page, shots: Path, name: str) -> Path:
+    """A full-page PNG for people to look at (never compared)."""
+    path = shots / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+ui = SimpleNamespace(
+    SETTLED=SETTLED, EXCEPTION=EXCEPTION, NAV_LINKS=NAV_LINKS, PAGE_S=PAGE_S, RUN_S=RUN_S,
+    settle=settle, open_page=open_page, exception_texts=exception_texts, assert_no_exception=assert_no_exception,
+    trace_lengths=trace_lengths, chart_titles=chart_titles, first_trace_points=first_trace_points,
+    loss_scale_points=loss_scale_points, loss_points=loss_points, wait_until=wait_until,
+    read_status=read_status, url_params=url_params, screenshot=screenshot,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def page_helpers() -> SimpleNamespace:
+    """The helpers above, for test modules (a conftest is not imported by name)."""
+    return ui
