@@ -89,8 +89,8 @@ def _progress(f: RunFollower) -> None:
         st.warning(w)
 
 
-def run_charts(series: list[tuple[str, object]], key: str) -> None:
-    st.plotly_chart(charts.loss_scale_figure(series), key=f"{key}-scale")
+def run_charts(series: list[tuple[str, object]], key: str, injected=()) -> None:
+    st.plotly_chart(charts.loss_scale_figure(series, injected=injected), key=f"{key}-scale")
     left, right = st.columns(2)
     with left:
         st.plotly_chart(charts.loss_figure(series), key=f"{key}-loss")
@@ -108,7 +108,7 @@ def live_run(run_id: str, key: str, paused: bool = False) -> None:
     def view() -> None:
         f.poll()
         _progress(f)
-        run_charts([(run_id, f.metrics)], key)
+        run_charts([(run_id, f.metrics)], key, injected=f.config.get("inject_overflow") or ())
         if live and f.state in FINAL_STATES:
             st.rerun(scope="app")  # the run ended: redraw the page once, without the timer
 

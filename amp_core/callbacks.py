@@ -118,12 +118,17 @@ class AmpWandbCallback(Callback):
 
 
 class LossScaleMonitor(Callback):
-    """Records the loss scale, skipped steps, growth tracker, unscaled gradient norm and loss each step.
+    """Records the loss scale, skipped steps, growth tracker, unscaled gradients and loss each step.
 
     Publishes through `trainer.loggers` as `amp/loss_scale` (only with a GradScaler), `amp/skipped`
     (1.0 when the scaler found inf/NaN gradients and skipped the step), `amp/growth_tracker`,
-    `amp/grad_norm` (global L2 norm of the unscaled gradients) and `amp/loss`, at the step Lightning
-    was on when the step ran (`global_step` advances on skipped steps too).
+    `amp/grad_norm` (global L2 norm of the unscaled gradients), `amp/grad_max` (their largest
+    absolute value) and `amp/loss`, at the step Lightning was on when the step ran (`global_step`
+    advances on skipped steps too).
+
+    Every `histogram_every` steps it also counts the unscaled gradient values in log2 bins (on the
+    device, like everything else) and hands the histogram to loggers that have a
+    `log_grad_histogram(step, log2_lo, counts, zeros, nonfinite)` method.
 
     A skipped step is read as the scale dropping in `GradScaler.update()`: that is the same with
     fused optimizers, which unscale inside `step()` and leave the scaler's per-optimizer state empty.
@@ -131,19 +136,27 @@ class LossScaleMonitor(Callback):
     Args:
         flush_every: steps kept on the device before one batched copy to the host. None: every
             step on CPU (a copy is free there), 20 on CUDA.
+        histogram_every: steps between gradient histograms; None for none.
     """
 
-    KEYS = ("amp/loss", "amp/loss_scale", "amp/skipped", "amp/grad_norm", "amp/growth_tracker")
+    KEYS = ("amp/loss", "amp/loss_scale", "amp/skipped", "amp/grad_norm", "amp/grad_max", "amp/growth_tracker")
+    # Bin k of a histogram counts |g| in [2**(LOG2_LO + k), 2**(LOG2_LO + k + 1)); the first bin also
+    # takes everything smaller, zeros included (they are counted apart as well).
+    LOG2_LO, LOG2_HI = -64, 32
 
-    def __init__(self, flush_every: int | None = None):
-        if flush_every is not None and (not isinstance(flush_every, int) or flush_every < 1):
-            raise MisconfigurationException(f"LossScaleMonitor: flush_every must be a positive int or None, got {flush_every!r}")
+    def __init__(self, flush_every: int | None = None, histogram_every: int | None = None):
+        for name, value in (("flush_every", flush_every), ("histogram_every", histogram_every)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise MisconfigurationException(f"LossScaleMonitor: {name} must be a positive int or None, got {value!r}")
         self.flush_every = flush_every
+        self.histogram_every = histogram_every
         self._pending: dict[str, Any] | None = None  # the step between on_before_optimizer_step and update()
         self._steps: list[int] = []
         self._rows: list[torch.Tensor] = []
-        self._in_flight: list[tuple[list[int], torch.Tensor, Any]] = []
+        self._hists: list[tuple[int, torch.Tensor]] = []
+        self._in_flight: list[tuple[list[int], torch.Tensor, list[int], torch.Tensor | None, Any]] = []
         self._has_scaler = False
+        self._cuda = False
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage == "fit" and not trainer.loggers:
@@ -156,25 +169,43 @@ class LossScaleMonitor(Callback):
         if not pl_module.automatic_optimization:
             rank_zero_warn("LossScaleMonitor follows automatic optimization; with manual optimization it records nothing.")
         self._has_scaler = get_scaler(trainer) is not None
-        device = trainer.strategy.root_device
-        self._cuda = device.type == "cuda"
+        self._cuda = trainer.strategy.root_device.type == "cuda"
         if self.flush_every is None:
             self.flush_every = 20 if self._cuda else 1
+
+    def _histogram(self, grads: list[torch.Tensor], log2_unscale: torch.Tensor) -> torch.Tensor:
+        """[zeros, nonfinite, counts...] of |g| / scale in log2 bins, without leaving the device."""
+        bins = self.LOG2_HI - self.LOG2_LO
+        out = torch.zeros(bins + 2, device=grads[0].device)
+        for g in grads:
+            a = g.detach().abs().float().flatten()
+            out[0] += (a == 0).sum()
+            out[1] += (~torch.isfinite(a)).sum()
+            # log2(0) = -inf is clamped into the first bin; inf and NaN fall outside histc's range.
+            x = (torch.log2(a) - log2_unscale).clamp(min=self.LOG2_LO)
+            out[2:] += torch.histc(x, bins=bins, min=self.LOG2_LO, max=self.LOG2_HI)
+        return out
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: torch.optim.Optimizer) -> None:
         scaler = get_scaler(trainer)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         device = trainer.strategy.root_device
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros((), device=device)
-        norm = norm.float()
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+            gmax = torch.stack(torch._foreach_norm(grads, float("inf"))).float().max()
+        else:
+            norm = gmax = torch.zeros((), device=device)
+        scale = None
+        unscale = torch.ones((), device=device)
         if scaler is not None and getattr(scaler, "_scale", None) is not None:
             scale = scaler._scale.detach().clone()
             state = scaler._per_optimizer_states.get(id(optimizer), {})
             if state.get("stage") is not OptState.UNSCALED:
-                norm = norm / scale  # a fused optimizer unscales inside step(): these gradients are still scaled
-        else:
-            scale = None
-        self._pending = {"step": trainer.global_step, "scale": scale, "norm": norm.detach()}
+                unscale = scale  # a fused optimizer unscales inside step(): these gradients are still scaled
+        step = trainer.global_step
+        if self.histogram_every and grads and step % self.histogram_every == 0:
+            self._hists.append((step, self._histogram(grads, torch.log2(unscale))))
+        self._pending = {"step": step, "scale": scale, "norm": (norm / unscale).detach(), "max": (gmax / unscale).detach()}
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         pending, self._pending = self._pending, None
@@ -187,14 +218,13 @@ class LossScaleMonitor(Callback):
         scaler = get_scaler(trainer)
         nan = torch.full((), float("nan"), device=device)
         if pending["scale"] is not None:
-            after = scaler._scale
-            skipped = (after < pending["scale"]).float()
+            skipped = (scaler._scale < pending["scale"]).float()
             tracker = scaler._growth_tracker.float() if scaler._growth_tracker is not None else nan
             scale = pending["scale"]
         else:
             scale, skipped, tracker = nan, torch.zeros((), device=device), nan
         self._steps.append(pending["step"])
-        self._rows.append(torch.stack([loss.to(device), scale, skipped, pending["norm"], tracker]))
+        self._rows.append(torch.stack([loss.to(device), scale, skipped, pending["norm"], pending["max"], tracker]))
         if len(self._rows) >= self.flush_every:
             self._flush()
         self._publish_landed(trainer, wait=False)
@@ -203,33 +233,46 @@ class LossScaleMonitor(Callback):
         if not self._rows:
             return
         block = torch.stack(self._rows)
-        steps, self._steps, self._rows = self._steps, [], []
+        hist_steps = [s for s, _ in self._hists]
+        hists = torch.stack([h for _, h in self._hists]) if self._hists else None
+        steps, self._steps, self._rows, self._hists = self._steps, [], [], []
         if self._cuda:
-            host = torch.empty(block.shape, dtype=block.dtype, pin_memory=True)
-            host.copy_(block, non_blocking=True)
+            block, hists = (self._to_pinned(t) for t in (block, hists))
             event = torch.cuda.Event()
             event.record()
-            self._in_flight.append((steps, host, event))
+            self._in_flight.append((steps, block, hist_steps, hists, event))
         else:
-            self._in_flight.append((steps, block, None))
+            self._in_flight.append((steps, block, hist_steps, hists, None))
+
+    @staticmethod
+    def _to_pinned(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        return host
 
     def _publish_landed(self, trainer: "pl.Trainer", wait: bool) -> None:
         while self._in_flight:
-            steps, host, event = self._in_flight[0]
+            steps, block, hist_steps, hists, event = self._in_flight[0]
             if event is not None:
                 if wait:
                     event.synchronize()
                 elif not event.query():
                     return
             self._in_flight.pop(0)
-            for step, values in zip(steps, host.tolist()):
-                loss, scale, skipped, norm, tracker = values
-                metrics = {"amp/loss": loss, "amp/skipped": skipped, "amp/grad_norm": norm}
+            for step, values in zip(steps, block.tolist()):
+                loss, scale, skipped, norm, gmax, tracker = values
+                metrics = {"amp/loss": loss, "amp/skipped": skipped, "amp/grad_norm": norm, "amp/grad_max": gmax}
                 if self._has_scaler:
                     metrics["amp/loss_scale"] = scale
                     metrics["amp/growth_tracker"] = tracker
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=step)
+            for step, h in zip(hist_steps, hists.tolist() if hists is not None else []):
+                for logger in trainer.loggers:
+                    if hasattr(logger, "log_grad_histogram"):
+                        logger.log_grad_histogram(step, self.LOG2_LO, [int(c) for c in h[2:]], int(h[0]), int(h[1]))
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._flush()
@@ -242,3 +285,14 @@ class LossScaleMonitor(Callback):
         except Exception:
             pass
 
+
+class InjectOverflow(Callback):
+    """Puts a real inf into the gradients at chosen steps, so the GradScaler skips them on cue (demos, tests)."""
+
+    def __init__(self, steps: list[int]):
+        self.steps = frozenset(int(s) for s in steps)
+
+    def on_after_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.global_step in self.steps:
+            p = next(p for p in pl_module.parameters() if p.grad is not None)
+            p.grad.view(-1)[0] = float("inf")

@@ -69,10 +69,14 @@ def _layout(fig: go.Figure, title: str, ytitle: str, height: int = 320) -> go.Fi
 Series = tuple[str, RunMetrics]
 
 
-def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)") -> go.Figure:
-    """The GradScaler's scale per step on a log2 axis, with skipped (overflow) steps marked."""
+def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)", injected: Iterable[int] = ()) -> go.Figure:
+    """The GradScaler's scale per step on a log2 axis, with skipped (overflow) steps marked.
+
+    `injected`: steps where an overflow was put in on purpose (of the first series); marked apart.
+    """
     fig = go.Figure()
     lo, hi = math.inf, 0.0
+    injected = np.asarray(sorted(injected), dtype=np.float64)
     for i, (label, m) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         valid = ~np.isnan(m.loss_scale) & (m.loss_scale > 0)
@@ -82,6 +86,14 @@ def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)"
         lo, hi = min(lo, float(scale.min())), max(hi, float(scale.max()))
         fig.add_trace(go.Scatter(x=steps, y=scale, mode="lines", line_shape="hv", name=f"{label} scale", line=dict(color=color)))
         skipped = valid & (m.skipped > 0)
+        forced = skipped & np.isin(m.step, injected) if i == 0 else np.zeros_like(skipped)
+        if forced.any():
+            fig.add_trace(
+                go.Scatter(x=m.step[forced], y=m.loss_scale[forced], mode="markers", name=f"{label} injected ({int(forced.sum())})",
+                           marker=dict(symbol="star", size=12, color="#ff7f0e"),
+                           hovertemplate="step %{x}: overflow injected on purpose, skipped at scale %{y:.3g}<extra></extra>")
+            )
+        skipped &= ~forced
         if skipped.any():
             sx, sy, thinned = _thin(m.step[skipped], m.loss_scale[skipped], MAX_MARKERS)
             name = f"{label} skipped ({int(skipped.sum())}{', sampled' if thinned else ''})"
@@ -117,6 +129,51 @@ def loss_figure(series: Iterable[Series]) -> go.Figure:
 
 def grad_norm_figure(series: Iterable[Series]) -> go.Figure:
     return _dense_figure(series, "grad_norm", "Gradient norm (unscaled, L2)", "norm", log=True)
+
+
+def grad_histogram_figure(hist: dict, loss_scale: float | None) -> go.Figure:
+    """A log2 histogram of unscaled gradient values, and the same values times the loss scale, against fp16's range."""
+    from amp_core.gradients import FP16_MAX, FP16_MIN_NORMAL_LOG2, FP16_MIN_SUBNORMAL_LOG2
+
+    counts = np.asarray(hist["counts"], dtype=np.float64)
+    counts[0] = max(0.0, counts[0] - hist.get("zeros", 0))
+    total = max(1.0, counts.sum())
+    nz = np.flatnonzero(counts)
+    edges = hist["log2_lo"] + np.arange(len(counts), dtype=np.float64)
+    fig = go.Figure()
+    if nz.size:
+        sl = slice(nz[0], nz[-1] + 1)
+        fig.add_trace(go.Bar(x=edges[sl] + 0.5, y=counts[sl] / total, name="unscaled gradients", marker_color=PALETTE[0], opacity=0.75))
+        if loss_scale:
+            shift = math.log2(loss_scale)
+            fig.add_trace(go.Bar(x=edges[sl] + 0.5 + shift, y=counts[sl] / total, name=f"× loss scale 2^{shift:.3g}", marker_color=PALETTE[2], opacity=0.75))
+    fig.add_vrect(x0=-80, x1=FP16_MIN_SUBNORMAL_LOG2, fillcolor="#d62728", opacity=0.12, line_width=0, annotation_text="fp16 underflow → 0", annotation_position="top left")
+    fig.add_vrect(x0=FP16_MIN_SUBNORMAL_LOG2, x1=FP16_MIN_NORMAL_LOG2, fillcolor="#ff7f0e", opacity=0.12, line_width=0, annotation_text="subnormal", annotation_position="top left")
+    fig.add_vrect(x0=math.log2(FP16_MAX), x1=40, fillcolor="#d62728", opacity=0.12, line_width=0, annotation_text="overflow → inf", annotation_position="top right")
+    _layout(fig, f"Gradient values at step {hist['step']} (log2 bins)", "share of values")
+    lo = float(edges[nz[0]]) - 2 if nz.size else -40.0
+    hi = max(20.0, float(edges[nz[-1]] + (math.log2(loss_scale) if loss_scale else 0)) + 3) if nz.size else 20.0
+    fig.update_layout(barmode="overlay", xaxis_title="log2 |gradient|", bargap=0)
+    fig.update_xaxes(range=[min(lo, FP16_MIN_SUBNORMAL_LOG2 - 4), hi])
+    return fig
+
+
+def whatif_figure(steps: np.ndarray, recorded: np.ndarray, replays: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> go.Figure:
+    """The recorded loss scale beside replayed policies (label, scales, skipped), on a log2 axis."""
+    fig = go.Figure()
+    lines = [("recorded", recorded, None), *replays]
+    lo, hi = math.inf, 0.0
+    for i, (label, scales, skipped) in enumerate(lines):
+        x, y = change_points(steps, scales)
+        lo, hi = min(lo, float(np.nanmin(scales))), max(hi, float(np.nanmax(scales)))
+        dash = "solid" if i == 0 else "dash"
+        name = label if skipped is None else f"{label} (estimate, {int(np.sum(skipped))} skipped)"
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line_shape="hv", name=name, line=dict(color=PALETTE[i % len(PALETTE)], dash=dash)))
+    _layout(fig, "What-if: the same gradients under other scaler policies", "loss scale")
+    if hi > 0 and lo > 0:
+        tickvals, ticktext = _pow2_ticks(lo, hi)
+        fig.update_yaxes(type="log", tickvals=tickvals, ticktext=ticktext)
+    return fig
 
 
 def figure_payload_bytes(fig: go.Figure) -> int:

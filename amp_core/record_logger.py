@@ -22,6 +22,7 @@ _MONITOR_FIELDS = {
     "amp/loss_scale": "loss_scale",
     "amp/skipped": "skipped",
     "amp/grad_norm": "grad_norm",
+    "amp/grad_max": "grad_max",
     "amp/growth_tracker": "growth_tracker",
 }
 
@@ -61,6 +62,11 @@ class RunRecordLogger(Logger):
             row["growth_tracker"] = int(row["growth_tracker"])
         row["time"] = round(time.time(), 4)
         self.writer.append_metrics([row])
+
+    @rank_zero_only
+    def log_grad_histogram(self, step: int, log2_lo: int, counts: list[int], zeros: int, nonfinite: int) -> None:
+        """The monitor's log2 histogram of unscaled gradient values, one line of histograms.jsonl."""
+        self.writer.append_histogram({"step": int(step), "log2_lo": log2_lo, "counts": counts, "zeros": zeros, "nonfinite": nonfinite})
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

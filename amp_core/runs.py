@@ -3,6 +3,7 @@
     runs/<run id>/config.json     the full resolved configuration, hardware and versions
     runs/<run id>/status.json     state (queued, running, completed, failed, stopped), times, error
     runs/<run id>/metrics.jsonl   one JSON object per optimizer step, appended and flushed live
+    runs/<run id>/histograms.jsonl  every N steps, a log2 histogram of the unscaled gradient values
     runs/<run id>/stop            present once someone asked the run to stop
 
 Writers replace status.json atomically and only ever append whole lines to metrics.jsonl, so a
@@ -29,13 +30,14 @@ import numpy as np
 
 RUNS_DIR_ENV = "AMP_RUNS_DIR"
 CONFIG_FILE, STATUS_FILE, METRICS_FILE, STOP_FILE = "config.json", "status.json", "metrics.jsonl", "stop"
+HISTOGRAMS_FILE = "histograms.jsonl"
 
 ACTIVE_STATES = ("queued", "starting", "running")
 FINAL_STATES = ("completed", "failed", "stopped", "interrupted")
 
 # The per-step fields every metrics line carries; readers turn each into one NumPy column.
 # A missing or null value reads as NaN (loss_scale is null when there is no GradScaler).
-METRIC_COLUMNS = ("step", "loss", "loss_scale", "skipped", "grad_norm", "growth_tracker", "time")
+METRIC_COLUMNS = ("step", "loss", "loss_scale", "skipped", "grad_norm", "grad_max", "growth_tracker", "time")
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -83,6 +85,7 @@ class RunWriter:
         self.path = Path(path)
         self.id = self.path.name
         self._metrics = None
+        self._histograms = None
         self._status: dict[str, Any] = {}
 
     @classmethod
@@ -142,10 +145,18 @@ class RunWriter:
         self._metrics.write("".join(json.dumps(r, allow_nan=False, default=_json_number) + "\n" for r in rows))
         self._metrics.flush()
 
+    def append_histogram(self, row: dict) -> None:
+        if self._histograms is None:
+            self._histograms = open(self.path / HISTOGRAMS_FILE, "a", encoding="utf-8")
+        self._histograms.write(json.dumps(row) + "\n")
+        self._histograms.flush()
+
     def close(self) -> None:
-        if self._metrics is not None:
-            self._metrics.close()
-            self._metrics = None
+        for name in ("_metrics", "_histograms"):
+            f = getattr(self, name)
+            if f is not None:
+                f.close()
+                setattr(self, name, None)
 
 
 def _json_number(value: Any) -> Any:
@@ -358,6 +369,16 @@ def _load_run(path: Path) -> Run:
     if status.get("state") in ("running", "starting") and effective_state(status) == "failed":
         problems.append("the training process is gone: it died without recording an end")
     return Run(path.name, path, config, status, RunMetrics.from_rows(rows), problems, partial)
+
+
+def load_histograms(path: str | os.PathLike) -> list[dict]:
+    """A run's gradient histograms (possibly none), oldest first; damaged lines are skipped."""
+    try:
+        data = (Path(path) / HISTOGRAMS_FILE).read_bytes()
+    except OSError:
+        return []
+    rows, _, _ = parse_metrics(data)
+    return [r for r in rows if isinstance(r.get("counts"), list) and isinstance(r.get("log2_lo"), int)]
 
 
 def list_runs(runs_dir: str | os.PathLike | None = None) -> list[Run]:

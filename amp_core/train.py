@@ -50,6 +50,8 @@ class RunConfig:
     hidden: int = 256
     depth: int = 3
     fused: bool = False
+    histogram_every: int = 25
+    inject_overflow: tuple[int, ...] = ()
     wandb: str = "offline"
     runs_dir: str = ""
 
@@ -86,6 +88,15 @@ class RunConfig:
         number("growth_interval", int, 1, 10**9)
         number("hidden", int, 1, 65536)
         number("depth", int, 1, 64)
+        number("histogram_every", int, 0, 10**9)
+        steps = self.inject_overflow
+        if isinstance(steps, (str, bytes)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in steps):
+            raise ConfigError(f"inject-overflow must be a list of step numbers, got {steps!r}")
+        if any(x < 0 or x >= self.max_steps for x in steps):
+            raise ConfigError(f"inject-overflow steps must be between 0 and max-steps - 1 ({self.max_steps - 1}), got {list(steps)}")
+        if steps and self.precision != "16-mixed":
+            raise ConfigError("inject-overflow needs a GradScaler, i.e. precision 16-mixed: without one an inf gradient ruins the weights")
+        self.inject_overflow = tuple(sorted(set(steps)))
         return self
 
 
@@ -205,7 +216,7 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
     import pytorch_lightning as pl
     import torch
 
-    from amp_core.callbacks import AmpWandbCallback, LossScaleMonitor
+    from amp_core.callbacks import AmpWandbCallback, InjectOverflow, LossScaleMonitor
     from amp_core.model import DemoMLP, synthetic_loader
     from amp_core.record_logger import RunRecordLogger
 
@@ -236,7 +247,12 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
             max_steps=config.max_steps,
             max_epochs=-1,
             logger=[RunRecordLogger(writer)] + ([wandb_logger] if wandb_logger else []),
-            callbacks=[LossScaleMonitor(), AmpWandbCallback(enabled=mixed, precision=config.precision), StopOnRequest(writer.path)],
+            callbacks=[
+                LossScaleMonitor(histogram_every=config.histogram_every or None),
+                AmpWandbCallback(enabled=mixed, precision=config.precision),
+                StopOnRequest(writer.path),
+                *([InjectOverflow(config.inject_overflow)] if config.inject_overflow else []),
+            ],
             log_every_n_steps=1 if accelerator == "cpu" else 20,
             enable_checkpointing=False,
             enable_model_summary=False,
@@ -292,6 +308,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", default=d.hidden, help="width of the demo MLP")
     p.add_argument("--depth", default=d.depth, help="hidden layers of the demo MLP")
     p.add_argument("--fused", action="store_true", help="use the fused AdamW implementation")
+    p.add_argument("--histogram-every", default=d.histogram_every, help="steps between gradient histograms (0: none)")
+    p.add_argument("--inject-overflow", default="", help="comma-separated steps at which to put an inf into the gradients (16-mixed only)")
     p.add_argument("--wandb", default=d.wandb, help="offline (default), online (needs credentials) or disabled")
     p.add_argument("--runs-dir", default=None, help=f"where run records go (default: ${'AMP_RUNS_DIR'} or runs/)")
     return p
@@ -325,6 +343,7 @@ def config_from_args(argv: list[str] | None) -> RunConfig:
         kind = {"int": int, "float": float}.get(str(types.get(name)))
         values[name] = parse("--" + name.replace("_", "-"), value, kind) if kind else value
     values["runs_dir"] = values["runs_dir"] or str(default_runs_dir())
+    values["inject_overflow"] = tuple(parse("--inject-overflow", x.strip(), int) for x in values["inject_overflow"].split(",") if x.strip())
     return RunConfig(**values).validate()
 
 

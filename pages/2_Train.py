@@ -37,18 +37,29 @@ with st.form("run"):
     growth_factor = c2.number_input("Growth factor", min_value=1.0001, max_value=1e6, value=defaults.growth_factor)
     backoff_factor = c3.number_input("Backoff factor", min_value=0.0001, max_value=0.9999, value=defaults.backoff_factor, format="%.4f")
     growth_interval = c4.number_input("Growth interval", min_value=1, max_value=10**9, value=50)
+    c1, c2 = st.columns(2)
+    inject = c1.text_input("Inject overflow at steps", placeholder="e.g. 100, 200",
+                           help="Puts a real inf into the gradients at these steps (16-mixed only): the scaler skips them and backs off, on cue.")
+    histogram_every = c2.number_input("Gradient histogram every N steps", min_value=0, max_value=10**6, value=defaults.histogram_every,
+                                      help="0 records none. Computed on the device, copied in batches with the other metrics.")
     wandb = st.radio("W&B", ("offline", "online", "disabled"), horizontal=True,
                      help="offline writes a local W&B run inside the run folder; online needs `wandb login`.")
     start = st.form_submit_button("Start run", type="primary")
 
 if start:
+    try:
+        inject_steps = tuple(int(x) for x in inject.replace(",", " ").split())
+    except ValueError:
+        inject_steps = None
     config = RunConfig(
         precision=precision, accelerator=accelerator, max_steps=int(steps), batch_size=int(batch_size), lr=float(lr),
         seed=int(seed), init_scale=2.0 ** int(init_log2), growth_factor=float(growth_factor),
         backoff_factor=float(backoff_factor), growth_interval=int(growth_interval), hidden=int(hidden), depth=int(depth),
-        wandb=wandb,
+        histogram_every=int(histogram_every), inject_overflow=inject_steps or (), wandb=wandb,
     )
     try:
+        if inject_steps is None:
+            raise ConfigError("Inject overflow at steps takes whole step numbers separated by commas, e.g. 100, 200")
         if wandb == "online":
             from amp_core.train import wandb_credentials_present
 

@@ -5,7 +5,10 @@ import streamlit as st
 
 import ui_common
 from amp_core import charts
-from amp_core.runs import ACTIVE_STATES, list_runs, metrics_csv, metrics_json, summarize
+from amp_core.advice import advise
+from amp_core.gradients import scale_at, shares
+from amp_core.runs import ACTIVE_STATES, list_runs, load_histograms, metrics_csv, metrics_json, summarize
+from amp_core.scaler_policies import HysteresisPolicy, TorchGradScalerPolicy, overflow_model_for, replay, replay_own_policy
 
 st.set_page_config(page_title="Runs · AMP Explorer", page_icon="🗂️", layout="wide")
 st.title("Runs")
@@ -56,7 +59,72 @@ else:
     if run.status.get("error"):
         st.error(run.status["error"])
     series = [(i, by_id[i].metrics) for i in [selected, *overlay]]
-    ui_common.run_charts(series, key="replay")
+    ui_common.run_charts(series, key="replay", injected=run.config.get("inject_overflow") or ())
+
+m = run.metrics
+tab_grad, tab_whatif, tab_advice = st.tabs(["Gradients vs fp16", "Scaler what-if", "Advice"])
+with tab_grad:
+    hists = load_histograms(run.path)
+    if not hists:
+        st.caption("No gradient histograms in this run (it ran with histogram-every 0, or has not reached one yet).")
+    else:
+        at = st.select_slider("Histogram at step", options=[h["step"] for h in hists], value=hists[-1]["step"])
+        h = next(h for h in hists if h["step"] == at)
+        scale = scale_at(m.step, m.loss_scale, at)
+        sh = shares(h, scale)
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Would underflow fp16 unscaled", f"{sh['underflow_unscaled']:.2%}")
+        c2.metric(f"Underflow at scale {scale:.3g}" if scale else "No loss scale", f"{sh['underflow_scaled']:.2%}")
+        c3.metric("Overflow at that scale", f"{sh['overflow_scaled']:.2%}")
+        st.plotly_chart(charts.grad_histogram_figure(h, scale), key="grad-hist")
+        st.caption(
+            f"{sh['values']:,} values: the parameters' gradients after unscaling, a stand-in for the fp16 activation gradients "
+            "that flow through backward. fp16 keeps magnitudes from 2^-24 (subnormal below 2^-14) to 65504: the loss scale "
+            "shifts the whole histogram right, out of the underflow zone, and a step whose values cross 65504 is skipped."
+        )
+with tab_whatif:
+    try:
+        model = overflow_model_for(run)
+    except ValueError as e:
+        st.info(f"No what-if for this run: {e}.")
+    else:
+        own, agree = replay_own_policy(run.config, model, m.loss_scale)
+        st.caption(
+            f"**An estimate.** A step is taken to overflow when its recorded largest unscaled gradient times the scale reaches "
+            f"{model.threshold:.6g} (fp16's limit, raised only if clean steps in the run's first half exceed it); steps that really "
+            f"overflowed overflow at their recorded scale or above. **Check:** replaying this run's own GradScaler settings "
+            f"reproduces the recorded scale on **{agree:.1%}** of {len(m)} steps."
+        )
+        c1, c2 = st.columns(2)
+        with c1:
+            st.markdown("**torch GradScaler**")
+            t_init = st.number_input("init scale, log2", -24, 126, 16, key="w_t_init")
+            t_growth = st.number_input("growth factor", 1.0001, 1e6, 2.0, key="w_t_growth")
+            t_backoff = st.number_input("backoff factor", 0.0001, 0.9999, 0.5, key="w_t_backoff")
+            t_interval = st.number_input("growth interval", 1, 10**9, 2000, key="w_t_interval")
+        with c2:
+            st.markdown("**DeepSpeed / Megatron style** (hysteresis, minimum scale)")
+            h_init = st.number_input("init scale, log2", -24, 126, 16, key="w_h_init")
+            h_window = st.number_input("scale window", 1, 10**9, 1000, key="w_h_window")
+            h_hyst = st.number_input("hysteresis", 1, 1000, 2, key="w_h_hyst")
+            h_min = st.number_input("min scale", 0.0, 1e9, 1.0, key="w_h_min")
+        policies = [
+            ("torch GradScaler", TorchGradScalerPolicy(2.0**t_init, t_growth, t_backoff, int(t_interval))),
+            ("hysteresis", HysteresisPolicy(2.0**h_init, 2.0, int(h_window), int(h_hyst), h_min)),
+        ]
+        replays = [(label, r.scales, r.skipped) for label, r in ((lbl, replay(pol, model)) for lbl, pol in policies)]
+        st.plotly_chart(charts.whatif_figure(m.step, m.loss_scale, [("own settings, replayed", own.scales, own.skipped), *replays]), key="whatif")
+        st.dataframe(
+            pd.DataFrame(
+                [{"policy": "recorded", "skipped steps": run.skipped_steps, "final scale": float(m.loss_scale[-1]), "lowest scale": float(m.loss_scale.min())}]
+                + [{"policy": f"{lbl} (estimate)", "skipped steps": int(sk.sum()), "final scale": float(sc[-1]), "lowest scale": float(sc.min())}
+                   for lbl, sc, sk in replays]
+            ),
+            hide_index=True,
+        )
+with tab_advice:
+    for a in advise(run):
+        {"ok": st.success, "info": st.info, "warning": st.warning}[a.level](f"**{a.finding}.** {a.evidence}. {a.suggestion}")
 
 with st.expander("Configuration and status"):
     st.json({"config": run.config, "status": {k: v for k, v in run.status.items() if k != "traceback"}}, expanded=False)

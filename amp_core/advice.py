@@ -1,0 +1,90 @@
+"""Advice that reads a run: what its loss scale and gradients say, with the evidence and what to try."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from amp_core.gradients import shares
+from amp_core.runs import Run, load_histograms
+
+SKIPPED_SHARE_LIMIT = 0.02
+UNDERFLOW_SHARE_LIMIT = 0.01
+
+
+@dataclass(frozen=True)
+class Advice:
+    level: str  # "ok", "info" or "warning"
+    finding: str
+    evidence: str
+    suggestion: str
+
+
+def _bf16_available(run: Run) -> bool:
+    hw = run.config.get("hardware") or {}
+    if not hw.get("cuda"):
+        return True  # bf16 autocast runs on any CPU
+    return bool(hw.get("bf16_supported"))
+
+
+def advise(run: Run) -> list[Advice]:
+    m = run.metrics
+    out: list[Advice] = []
+    if len(m) == 0:
+        return [Advice("info", "No steps recorded yet", "metrics.jsonl is empty", "Wait for the run, or check its status.")]
+    bf16 = "bf16-mixed needs no loss scaling and has fp32's range" + ("" if _bf16_available(run) else " (not supported on this GPU)")
+    finite_loss = np.isfinite(m.loss)
+    if (~finite_loss).any():
+        first = int(m.step[np.argmax(~finite_loss)])
+        out.append(Advice("warning", "The loss is not finite", f"first NaN/inf loss at step {first}; {int((~finite_loss).sum())} such steps",
+                          "Lower the learning rate; check the data; " + bf16 + "."))
+    scale = m.loss_scale
+    if np.isnan(scale).all():
+        out.append(Advice("info", "No GradScaler in this run", f"precision {run.precision}",
+                          "Loss scaling only matters for fp16 (16-mixed); bf16 and fp32 keep small gradients without it."))
+        return out
+
+    skipped = m.skipped > 0
+    injected = set(run.config.get("inject_overflow") or ())
+    natural = skipped & ~np.isin(m.step, list(injected))
+    lead = int(np.argmin(natural)) if not natural.all() else len(natural)
+    init = float(run.config.get("init_scale") or scale[0])
+    if lead >= 3:
+        better = init * float(run.config.get("backoff_factor", 0.5)) ** lead
+        out.append(Advice("info", f"The initial scale was too high: the first {lead} steps were skipped",
+                          f"init scale {init:.3g} = 2^{math.log2(init):.0f}; the first clean step ran at {scale[lead]:.3g}",
+                          f"Start near {better:.3g} (2^{math.log2(better):.0f}) to save {lead} batches; GradScaler finds it anyway, "
+                          "so this matters for short runs."))
+    later = natural[lead:]
+    if len(later) >= 20 and later.mean() > SKIPPED_SHARE_LIMIT:
+        interval = int(run.config.get("growth_interval", 2000))
+        out.append(Advice("warning", f"Many skipped steps: {later.mean():.1%} after the start",
+                          f"{int(later.sum())} of {len(later)} steps overflowed after step {lead}; growth interval {interval}",
+                          f"Each skipped step wastes a batch. Raise the growth interval (now {interval}) so the scale grows less "
+                          f"eagerly, or use {bf16.split(' needs')[0]} ({bf16})."))
+    low = np.nanmin(scale)
+    if low < 1:
+        out.append(Advice("warning", "The loss scale fell below 1",
+                          f"lowest scale {low:.3g}: gradients overflowed fp16 even without scaling",
+                          "The model is probably diverging: lower the learning rate or clip gradients; " + bf16 + "."))
+    hists = load_histograms(run.path)
+    if hists:
+        h = hists[-1]
+        idx = int(np.clip(np.searchsorted(m.step, h["step"]), 0, len(m) - 1))
+        sh = shares(h, float(scale[idx]))
+        if sh["underflow_scaled"] > UNDERFLOW_SHARE_LIMIT:
+            out.append(Advice("warning", "Gradients underflow fp16 even when scaled",
+                              f"at step {h['step']}: {sh['underflow_scaled']:.1%} of gradient values stay below 2^-24 at scale "
+                              f"{scale[idx]:.3g} ({sh['underflow_unscaled']:.1%} without scaling)",
+                              "Raise the initial scale or the growth factor; " + bf16 + "."))
+        elif sh["underflow_unscaled"] > UNDERFLOW_SHARE_LIMIT:
+            out.append(Advice("ok", "The loss scale is doing its job",
+                              f"at step {h['step']}: {sh['underflow_unscaled']:.1%} of gradient values would underflow fp16 unscaled, "
+                              f"{sh['underflow_scaled']:.2%} at scale {scale[idx]:.3g}", "Nothing to change."))
+    if not any(a.level == "warning" for a in out):
+        out.append(Advice("ok", "The scaler looks healthy",
+                          f"{int(natural.sum())} natural overflow(s) in {len(m)} steps; final scale {scale[-1]:.3g}",
+                          "Nothing to change." if not injected else f"Injected overflows at steps {sorted(injected)} were skipped as expected."))
+    return out
