@@ -24,10 +24,11 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-# name, storage dtype, mantissa bits dropped from the storage's (tf32 only), what it is for
+TF32_DROPPED_BITS = 13  # float32's 23 mantissa bits, of which tf32 keeps 10
+# name, storage dtype, mantissa bits dropped from the storage's, what it is for
 FORMAT_TABLE = (
     ("fp32", torch.float32, 0, "IEEE single: weights, optimizer state, the master copy under AMP"),
-    ("tf32", torch.float32, 13, "emulated: fp32 storage, 10-bit mantissa inside Ampere+ tensor-core matmuls"),
+    ("tf32", torch.float32, TF32_DROPPED_BITS, "emulated: fp32 storage, 10-bit mantissa inside Ampere+ tensor-core matmuls"),
     ("fp16", torch.float16, 0, "IEEE half: 16-mixed autocast; its narrow range needs a loss scale"),
     ("bf16", torch.bfloat16, 0, "brain float: fp32's exponent range, 7 mantissa bits; bf16-mixed, no scaler"),
     ("fp8 e4m3fn", torch.float8_e4m3fn, 0, "float8: more precision, tiny range, no inf (forward activations, weights)"),
@@ -93,13 +94,17 @@ def round_mantissa(x: torch.Tensor, dropped_bits: int) -> torch.Tensor:
 
 def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
     """`x` (cast to float32) rounded to tf32's 10 mantissa bits, still in float32 (emulated; see the module doc)."""
-    return round_mantissa(x, 13)
+    return round_mantissa(x, TF32_DROPPED_BITS)
+
+
+def _cast(x: torch.Tensor, storage: torch.dtype, dropped_bits: int) -> torch.Tensor:
+    y = x.to(storage)
+    return round_mantissa(y, dropped_bits) if dropped_bits else y
 
 
 def to_format(x: torch.Tensor, fmt: Format) -> torch.Tensor:
     """`x` cast to `fmt`, in its storage dtype (tf32: float32 holding tf32's rounding)."""
-    y = x.to(fmt.storage)
-    return round_mantissa(y, fmt.dropped_bits) if fmt.dropped_bits else y
+    return _cast(x, fmt.storage, fmt.dropped_bits)
 
 
 def _bit_pattern(pattern: int, storage: torch.dtype) -> float:
@@ -112,8 +117,7 @@ def _describe(name: str, storage: torch.dtype, dropped: int, note: str) -> Forma
     storage_mantissa = round(-math.log2(fi.eps))
     largest_bits = torch.tensor(fi.max, dtype=storage).view(SIGNED_INT_OF_WIDTH[fi.bits]).item()
     largest = _bit_pattern(largest_bits & -(1 << dropped), storage)  # fi.max, or with tf32's dropped bits cleared
-    far_above = torch.tensor(4 * largest, dtype=torch.float64)
-    landed = to_format(far_above, Format(name, storage, dropped, 0, 0, 0, largest, 0, 0, 0, "", "")).item()
+    landed = _cast(torch.tensor(4 * largest, dtype=torch.float64), storage, dropped).item()
     return Format(
         name=name,
         storage=storage,
@@ -217,7 +221,7 @@ def number_line_figure(gradient: float | None = None, loss_scale: float | None =
             marker=dict(color="#636efa", opacity=np.array([SUBNORMAL_OPACITY, NORMAL_OPACITY])),
             customdata=np.array([[lo[i], mid[i], f.smallest_subnormal, f.smallest_normal],
                                  [mid[i], hi[i], f.smallest_normal, f.max]]),
-            text=np.array(["subnormal", "normal"]),
+            text=np.array(["subnormal", "normal"]), textposition="none",
             hovertemplate=f"{f.name} %{{text}}: 2<sup>%{{customdata[0]:.2f}}</sup> (%{{customdata[2]:.3g}}) "
                           "to 2<sup>%{customdata[1]:.2f}</sup> (%{customdata[3]:.3g})<extra></extra>",
         ))
@@ -244,7 +248,7 @@ def number_line_figure(gradient: float | None = None, loss_scale: float | None =
     for k, text in enumerate(notes):
         fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=1.02 + 0.09 * (len(notes) - 1 - k),
                            xanchor="left", yanchor="bottom", showarrow=False, align="left")
-    ticks = np.arange(16 * math.floor((left - 4) / 16), right + 4 + 16, 16)
+    ticks = np.arange(16 * math.floor((left - 4) / 16), math.ceil(right + 4) + 16, 16, dtype=np.int64)
     fig.update_xaxes(range=[left - 4, right + 4], tickvals=ticks, ticktext=[f"2<sup>{k}</sup>" for k in ticks],
                      title="magnitude (log2 scale)", zeroline=False)
     fig.update_yaxes(autorange="reversed")

@@ -1,0 +1,93 @@
+"""Formats: what fp32, tf32, fp16, bf16 and fp8 can hold, measured with torch, and where a gradient lands."""
+
+import math
+import sys
+
+import pandas as pd
+import streamlit as st
+
+from amp_core.formats import VERDICTS, formats, number_line_figure, round_to_formats
+
+st.set_page_config(page_title="Formats · AMP Explorer", page_icon="🔢", layout="wide")
+st.title("Number formats")
+st.caption(
+    "Every number here is computed by torch (`torch.finfo`, bit patterns, real casts), none is typed in. "
+    "tf32 has no torch dtype: it is emulated (float32 rounded to 10 mantissa bits, to nearest even). "
+    "The inputs live in the URL: copy it to share this view."
+)
+
+FMTS = formats()
+BIG = sys.float_info.max
+LINK = {"value": (float, -BIG, BIG), "gradient": (float, -BIG, BIG), "scale_log2": (int, -24, 126)}
+VERDICT_STYLE = {
+    "exact": "background-color: rgba(0, 204, 150, 0.25)",
+    "subnormal": "background-color: rgba(255, 215, 0, 0.35)",
+    "underflow": "background-color: rgba(239, 85, 59, 0.35)",
+    "overflow": "background-color: rgba(239, 85, 59, 0.35)",
+}
+
+
+def accepted(text: str, kind: type, lo: float, hi: float) -> bool:
+    try:
+        return lo <= kind(text) <= hi  # NaN fails both comparisons
+    except (ValueError, OverflowError):
+        return False
+
+
+for name, (kind, lo, hi) in LINK.items():
+    given = st.query_params.get(name)
+    if given is not None and not accepted(given, kind, lo, hi):
+        st.warning(f"Ignored the link's `{name}`: it is not a number this page accepts.")
+        del st.query_params[name]
+
+st.dataframe(
+    pd.DataFrame([
+        {
+            "format": f.name, "torch dtype": f.dtype_name, "bits": f.bits, "exponent bits": f.exponent_bits,
+            "mantissa bits": f.mantissa_bits, "largest": f"{f.max:.6g}", "smallest normal": f"{f.smallest_normal:.6g}",
+            "smallest subnormal": f"{f.smallest_subnormal:.6g}", "machine eps": f"{f.eps:.6g}", "log2 range": (
+                f"{math.log2(f.smallest_subnormal):.0f} … {math.log2(f.smallest_normal):.0f} … {math.floor(100 * math.log2(f.max)) / 100}"),
+            "above largest": {"saturates": f"±{f.max:g}"}.get(f.overflow, f.overflow), "what for": f.note,
+        }
+        for f in FMTS
+    ]),
+    hide_index=True,
+    width="stretch",
+)
+
+st.subheader("Round a value")
+value = st.number_input("Value", value=0.1, format="%.9g", key="value", bind="query-params",
+                        help="Cast by torch from float64 to each format (through float32, as torch does).")
+rows = pd.DataFrame(round_to_formats(value))
+st.dataframe(
+    rows.style.map(lambda v: VERDICT_STYLE.get(v, ""), subset=["verdict"]).format({"result": repr, "relative_error": "{:.3g}"}),
+    hide_index=True,
+    width="stretch",
+    column_config={"relative_error": "relative error", "bits": "bits (sign exponent mantissa)"},
+)
+st.caption(" · ".join(f"**{v}**: {meaning}" for v, meaning in VERDICTS.items()))
+
+st.subheader("Where a gradient lands")
+c1, c2 = st.columns(2)
+gradient = c1.number_input("Gradient value", value=1e-8, format="%.6g", key="gradient", bind="query-params")
+scale_log2 = c2.number_input("Loss scale, log2", min_value=-24, max_value=126, value=16, step=1, key="scale_log2", bind="query-params",
+                             help="torch's GradScaler starts at 2^16.")
+st.plotly_chart(number_line_figure(gradient, 2.0**scale_log2), key="number-line")
+
+by_name = {f.name: f for f in FMTS}
+fp16, bf16 = by_name["fp16"], by_name["bf16"]
+st.markdown(
+    f"""
+**Why fp16 needs loss scaling.** fp16's smallest subnormal is $2^{{{math.log2(fp16.smallest_subnormal):.0f}}}$
+≈ {fp16.smallest_subnormal:.3g} (normals start at $2^{{{math.log2(fp16.smallest_normal):.0f}}}$ ≈ {fp16.smallest_normal:.3g}):
+a gradient smaller than half of that flushes to zero in the backward pass, and one below the normals keeps only a
+few bits. Multiplying the loss by a scale $S$ multiplies every gradient by $S$ and lifts them into fp16's range; the
+optimizer step divides by $S$ again in fp32. The top of the range bounds $S$: above {fp16.max:g} a gradient becomes
+inf, the GradScaler skips that step and halves $S$.
+
+**Why bf16 doesn't.** bf16 keeps fp32's 8 exponent bits: its normals reach down to
+$2^{{{math.log2(bf16.smallest_normal):.0f}}}$ ≈ {bf16.smallest_normal:.3g}, like fp32's, so gradients do not underflow.
+It pays with precision: {bf16.mantissa_bits} mantissa bits, eps = $2^{{{math.log2(bf16.eps):.0f}}}$ against fp16's
+$2^{{{math.log2(fp16.eps):.0f}}}$.
+"""
+)

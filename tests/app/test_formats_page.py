@@ -1,0 +1,112 @@
+"""The Formats page through Streamlit's AppTest: real torch casts behind every table and the chart."""
+
+import base64
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from amp_core.formats import formats
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = [f.name for f in formats()]
+
+
+@pytest.fixture
+def app_env(runs_dir):
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    return runs_dir
+
+
+def page() -> AppTest:
+    return AppTest.from_file(str(ROOT / "pages/5_Formats.py"), default_timeout=60)
+
+
+def _decode(value):
+    """Plotly sends NumPy arrays as base64 typed arrays ({'dtype', 'bdata'}): turn them back."""
+    if isinstance(value, dict):
+        if "bdata" in value and "dtype" in value:
+            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def figure(at: AppTest) -> go.Figure:
+    (chart,) = at.get("plotly_chart")
+    return go.Figure(_decode(json.loads(chart.proto.spec)))
+
+
+def verdicts(at: AppTest) -> dict:
+    table = at.dataframe[1].value
+    return dict(zip(table["format"], table["verdict"]))
+
+
+def test_defaults(app_env):
+    at = page().run()
+    assert not at.exception and not at.warning
+    assert at.title[0].value == "Number formats"
+    props = at.dataframe[0].value
+    assert len(props) == len(NAMES) and list(props["format"]) == NAMES
+    assert list(props.loc[props["format"] == "fp16", ["largest", "smallest subnormal"]].iloc[0]) == ["65504", "5.96046e-08"]
+    assert verdicts(at) == dict.fromkeys(NAMES, "rounded")  # 0.1 is exact nowhere
+    text = " ".join(m.value for m in at.markdown)
+    assert "$2^{-24}$" in text and "5.96e-08" in text
+
+
+def test_value_70000_overflows_fp16(app_env):
+    at = page().run()
+    at.number_input(key="value").set_value(70000.0).run()
+    assert not at.exception
+    assert verdicts(at) == {"fp32": "exact", "tf32": "rounded", "fp16": "overflow", "bf16": "rounded",
+                            "fp8 e4m3fn": "overflow", "fp8 e5m2": "overflow"}
+    results = dict(zip(at.dataframe[1].value["format"], at.dataframe[1].value["result"]))
+    assert results["fp16"] == math.inf and results["bf16"] == 70144.0
+
+
+def test_link_restores_the_inputs(app_env):
+    at = page()
+    at.query_params["value"] = "1e-6"
+    at.query_params["gradient"] = "1e-9"
+    at.query_params["scale_log2"] = "20"
+    at.run()
+    assert not at.exception and not at.warning
+    assert at.number_input(key="value").value == 1e-6
+    assert verdicts(at)["fp16"] == "subnormal"
+    gradient, scaled = figure(at).data[len(NAMES):]
+    assert set(gradient.x) == {math.log2(1e-9)} and set(scaled.x) == {math.log2(1e-9 * 2**20)}
+
+
+def test_hostile_link_is_ignored_with_a_notice(app_env):
+    at = page()
+    at.query_params["value"] = "<script>alert(1)</script>"
+    at.query_params["gradient"] = "nan"
+    at.query_params["scale_log2"] = "16.5"
+    at.run()
+    assert not at.exception
+    assert len(at.warning) == 3 and all("Ignored" in w.value for w in at.warning)
+    assert at.number_input(key="value").value == 0.1 and at.number_input(key="scale_log2").value == 16
+    shown = [m.value for m in at.markdown] + [w.value for w in at.warning] + [c.value for c in at.caption]
+    assert not any("<script>" in s for s in shown)
+    at.run()  # the link's values are gone: no second notice, no error
+    assert not at.exception and not at.warning
+
+
+def test_number_line_has_a_bar_per_format_and_two_markers(app_env):
+    at = page().run()
+    fig = figure(at)
+    bars, markers = fig.data[: len(NAMES)], fig.data[len(NAMES):]
+    assert [b.type for b in bars] == ["bar"] * len(NAMES) and [b.y[0] for b in bars] == NAMES
+    assert [m.type for m in markers] == ["scatter", "scatter"]
+    fp16 = next(f for f in formats() if f.name == "fp16")
+    np.testing.assert_array_equal(np.asarray(bars[2].base, dtype=float), np.log2([fp16.smallest_subnormal, fp16.smallest_normal]))
+    gradient, scaled = markers  # the defaults: 1e-8, scale 2**16
+    assert set(gradient.x) == {math.log2(1e-8)} and set(scaled.x) == {math.log2(1e-8 * 2**16)}
+    assert dict(zip(gradient.y, gradient.marker.symbol))["fp16"] == "x"  # underflows
+    assert dict(zip(scaled.y, scaled.marker.symbol))["fp16"] == "circle"  # the loss scale rescues it
+    assert fig.layout.xaxis.ticktext[0].startswith("2<sup>")
