@@ -14,9 +14,12 @@ import argparse
 import math
 import os
 import platform
+import re
 import signal
 import socket
+import statistics
 import sys
+import time
 import threading
 import traceback
 import warnings
@@ -28,7 +31,16 @@ from amp_core.runs import RunRecordError, RunWriter, default_runs_dir, now_iso, 
 
 WANDB_MODES = ("offline", "online", "disabled")
 ACCELERATORS = ("auto", "cpu", "gpu")
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision; 'high' allows TF32 on CUDA
 MAX_STEPS_LIMIT = 1_000_000
+# Step timing leaves out the first steps (allocator, autotuning, caches warming up): 10%, at least 5,
+# never more than half of the run.
+WARMUP_MIN_STEPS, WARMUP_SHARE = 5, 0.1
+# ru_maxrss is in KiB on Linux, in bytes on macOS.
+RSS_UNIT_BYTES = {"darwin": 1}.get(sys.platform, 1024)
+# CPU features that decide whether fp16 / bf16 autocast has hardware behind it (read from /proc/cpuinfo).
+CPU_AMP_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16", "amx_tile", "avx512f", "avx2", "f16c")
+_GROUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class ConfigError(ValueError):
@@ -52,8 +64,12 @@ class RunConfig:
     fused: bool = False
     histogram_every: int = 25
     inject_overflow: tuple[int, ...] = ()
+    fault: str = ""  # "KIND@STEP" with KIND raise, oom or nan: fail on purpose (demos, tests)
     wandb: str = "offline"
     runs_dir: str = ""
+    matmul_precision: str = "highest"
+    time_steps: bool = False
+    compare_group: str = ""
 
     def validate(self) -> "RunConfig":
         """Check every field and normalise the precision; raises ConfigError with one clear line."""
@@ -76,6 +92,12 @@ class RunConfig:
             raise ConfigError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
         if self.wandb not in WANDB_MODES:
             raise ConfigError(f"wandb must be one of {', '.join(WANDB_MODES)}, got {self.wandb!r}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(f"matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
+        if not isinstance(self.time_steps, bool):
+            raise ConfigError(f"time-steps must be true or false, got {self.time_steps!r}")
+        if self.compare_group and not (isinstance(self.compare_group, str) and _GROUP_ID.match(self.compare_group)):
+            raise ConfigError(f"compare-group must be letters, digits, '.', '_' or '-' (at most 64), got {self.compare_group!r}")
         number("max_steps", int, 1, MAX_STEPS_LIMIT)
         number("batch_size", int, 1, 65536)
         number("lr", float, 0, 10, lo_open=True)
@@ -97,6 +119,12 @@ class RunConfig:
         if steps and self.precision != "16-mixed":
             raise ConfigError("inject-overflow needs a GradScaler, i.e. precision 16-mixed: without one an inf gradient ruins the weights")
         self.inject_overflow = tuple(sorted(set(steps)))
+        if self.fault:
+            from amp_core.callbacks import FAULTS
+
+            kind, _, at = str(self.fault).partition("@")
+            if kind not in FAULTS or not at.isdigit():
+                raise ConfigError(f"fault must be KIND@STEP with KIND one of {', '.join(FAULTS)}, e.g. nan@10; got {self.fault!r}")
         return self
 
 
@@ -185,18 +213,47 @@ class StopOnRequest:
 
 
 def _make_wandb_logger(config: RunConfig, writer: RunWriter) -> Any:
+    """A WandbLogger whose failures become warnings in the run's status: W&B never stops training."""
     if config.wandb == "disabled":
         return None
+    offline = config.wandb == "offline"
+    if not offline and not wandb_credentials_present():
+        writer.add_warning("W&B online needs credentials (`wandb login` or WANDB_API_KEY): this run logs to W&B offline instead")
+        offline = True
     try:
         from pytorch_lightning.loggers import WandbLogger
 
-        return WandbLogger(
+        class ResilientWandbLogger(WandbLogger):
+            broken = False
+
+            def _guarded(self, what: str, fn: Any, *args: Any) -> Any:
+                if self.broken:
+                    return None
+                try:
+                    return fn(*args)
+                except Exception as e:
+                    self.broken = True
+                    writer.add_warning(f"W&B failed ({what}: {type(e).__name__}: {e}); training goes on without it")
+                    return None
+
+            def log_metrics(self, metrics: Any, step: Any = None) -> None:
+                self._guarded("log", super().log_metrics, metrics, step)
+
+            def log_hyperparams(self, params: Any) -> None:
+                self._guarded("config", super().log_hyperparams, params)
+
+            def finalize(self, status: str) -> None:
+                self._guarded("finish", super().finalize, status)
+
+        logger = ResilientWandbLogger(
             project=os.environ.get("WANDB_PROJECT", "amp-explorer"),
             name=writer.id,
             save_dir=str(writer.path),
-            offline=config.wandb == "offline",
+            offline=offline,
             config=asdict(config),
         )
+        logger.experiment  # start the W&B run now, so a failing start is caught here and not mid-training
+        return logger
     except Exception as e:
         writer.add_warning(f"W&B is unavailable, training without it: {type(e).__name__}: {e}")
         return None
@@ -210,13 +267,11 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
     """
     config.validate()
     accelerator = resolve_accelerator(config.accelerator)
-    if config.wandb == "online" and not wandb_credentials_present():
-        raise ConfigError("W&B online needs credentials: run `wandb login` or set WANDB_API_KEY, or use --wandb offline")
 
     import pytorch_lightning as pl
     import torch
 
-    from amp_core.callbacks import AmpWandbCallback, InjectOverflow, LossScaleMonitor
+    from amp_core.callbacks import AmpWandbCallback, InjectFault, InjectOverflow, LossScaleMonitor, NonFiniteLossGuard
     from amp_core.model import DemoMLP, synthetic_loader
     from amp_core.record_logger import RunRecordLogger
 
@@ -251,7 +306,9 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
                 LossScaleMonitor(histogram_every=config.histogram_every or None),
                 AmpWandbCallback(enabled=mixed, precision=config.precision),
                 StopOnRequest(writer.path),
+                NonFiniteLossGuard(),
                 *([InjectOverflow(config.inject_overflow)] if config.inject_overflow else []),
+                *([InjectFault(config.fault.split("@")[0], int(config.fault.split("@")[1]))] if config.fault else []),
             ],
             log_every_n_steps=1 if accelerator == "cpu" else 20,
             enable_checkpointing=False,
@@ -282,7 +339,7 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
         raise
     finally:
         writer.close()
-        if wandb_logger is not None:
+        if wandb_logger is not None and not wandb_logger.broken:
             try:
                 wandb_logger.experiment.finish()  # else a later WandbLogger in this process reuses the run
             except Exception as e:
@@ -310,7 +367,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fused", action="store_true", help="use the fused AdamW implementation")
     p.add_argument("--histogram-every", default=d.histogram_every, help="steps between gradient histograms (0: none)")
     p.add_argument("--inject-overflow", default="", help="comma-separated steps at which to put an inf into the gradients (16-mixed only)")
-    p.add_argument("--wandb", default=d.wandb, help="offline (default), online (needs credentials) or disabled")
+    p.add_argument("--fault", default=d.fault, help="fail on purpose: raise@STEP, oom@STEP or nan@STEP (demos and tests)")
+    p.add_argument("--wandb", default=d.wandb, help="offline (default), online (needs credentials, else offline with a warning) or disabled")
     p.add_argument("--runs-dir", default=None, help=f"where run records go (default: ${'AMP_RUNS_DIR'} or runs/)")
     return p
 

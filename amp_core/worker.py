@@ -328,6 +328,9 @@ def _serve() -> int:
     if not line.strip():
         return 0  # the server went away before giving us work
     job = json.loads(line)
+    # From here on stdout goes to the worker's log like stderr: the server reads our stdout only for
+    # "ready", and if the server restarts, prints into a pipe nobody reads would kill the run.
+    os.dup2(2, 1)
     device = job["device"]
     # Before anything touches CUDA: this process sees only its own GPU (none for a CPU run).
     os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1] if device.startswith("cuda") else ""

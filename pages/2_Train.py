@@ -60,11 +60,6 @@ if start:
     try:
         if inject_steps is None:
             raise ConfigError("Inject overflow at steps takes whole step numbers separated by commas, e.g. 100, 200")
-        if wandb == "online":
-            from amp_core.train import wandb_credentials_present
-
-            if not wandb_credentials_present():
-                raise ConfigError("W&B online needs credentials: run `wandb login` or set WANDB_API_KEY, or choose offline")
         run_id = launcher.submit(config)
     except (ConfigError, ValueError) as e:
         st.error(f"Cannot start this run: {e}")

@@ -212,13 +212,22 @@ def test_train_start_run_records_and_completes(app_env):
     assert len(figures(at)[0].data[0].x) >= 1
 
 
-def test_train_online_without_credentials_is_a_message(app_env, monkeypatch, tmp_path):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+def test_train_bad_inject_steps_is_a_message(app_env):
     at = page("pages/2_Train.py").run()
-    next(r for r in at.radio if r.label == "W&B").set_value("online")
+    next(t for t in at.text_input if t.label == "Inject overflow at steps").input("10, x")
     next(b for b in at.button if b.label == "Start run").click()
     at.run()
     assert not at.exception
-    assert any("credentials" in e.value for e in at.error)
+    assert any("whole step numbers" in e.value for e in at.error)
+    assert list_runs(app_env) == []
+
+
+def test_train_inject_needs_fp16_is_a_message(app_env):
+    at = page("pages/2_Train.py").run()
+    next(s for s in at.selectbox if s.label == "Precision").select("bf16-mixed")
+    next(t for t in at.text_input if t.label == "Inject overflow at steps").input("10")
+    next(b for b in at.button if b.label == "Start run").click()
+    at.run()
+    assert not at.exception
+    assert any("needs a GradScaler" in e.value for e in at.error)
     assert list_runs(app_env) == []
