@@ -17,6 +17,7 @@ from amp_core import charts
 from amp_core.runs import FINAL_STATES, RunFollower, RunRecordError, default_runs_dir, run_path
 
 LIVE_EVERY_S = 1.0
+FIRST_POINT_EVERY_S = 0.25
 
 
 def runs_dir() -> Path:
@@ -103,13 +104,16 @@ def live_run(run_id: str, key: str, paused: bool = False) -> None:
     f = follower(run_id)
     f.poll()
     live = f.state not in FINAL_STATES and not paused
+    # Until the first point arrives, look often (a start should show at once); then settle to 1 s.
+    waiting = len(f.metrics) == 0
+    every = (FIRST_POINT_EVERY_S if waiting else LIVE_EVERY_S) if live else None
 
-    @st.fragment(run_every=LIVE_EVERY_S if live else None, key=f"live-{key}")
+    @st.fragment(run_every=every, key=f"live-{key}")
     def view() -> None:
         f.poll()
         _progress(f)
         run_charts([(run_id, f.metrics)], key, injected=f.config.get("inject_overflow") or ())
-        if live and f.state in FINAL_STATES:
-            st.rerun(scope="app")  # the run ended: redraw the page once, without the timer
+        if live and (f.state in FINAL_STATES or (waiting and len(f.metrics))):
+            st.rerun(scope="app")  # the run ended, or its first point came: redraw the page with the right timer
 
     view()

@@ -42,6 +42,7 @@ from amp_core.train import RunConfig
 
 STOP_GRACE_S = 1.5
 POLL_S = 0.1
+IDLE_SCAN_S = 2.0  # with nothing queued, the runs folder is scanned this often (a restart's leftovers, other writers)
 # Warming a worker imports torch and Lightning for seconds on every core it can get: wait until a
 # run that just started is past its own start-up, so the two do not compete.
 SPARE_DELAY_S = 3.0
@@ -107,6 +108,7 @@ class Launcher:
         self._cuda_devices = cuda_devices
         self._hardware: dict | None = None
         self._forced: set[str] = set()  # runs killed for not stopping in time
+        self._next_scan = 0.0
         self._closed = threading.Event()
         self._adopt_orphans()
         if warm:
@@ -199,6 +201,7 @@ class Launcher:
     # -- the scheduler thread ----------------------------------------------------------------
 
     def _wake(self) -> None:
+        self._next_scan = 0.0
         self._tick()
 
     def _loop(self) -> None:
@@ -223,9 +226,15 @@ class Launcher:
 
     def _tick(self) -> None:
         with self._lock:
-            self._reap()
+            if self._reap():
+                self._next_scan = 0.0
             self._enforce_stops()
-            for run in queued_runs(self.runs_dir):
+            if time.monotonic() < self._next_scan:
+                self._keep_spare()
+                return
+            queued = queued_runs(self.runs_dir)
+            self._next_scan = time.monotonic() + (POLL_S if queued else IDLE_SCAN_S)
+            for run in queued:
                 device = self._device_for(run.config)
                 if device is None or device in self._running:
                     continue
@@ -255,11 +264,14 @@ class Launcher:
             spare.kill()
         return _Worker(self.log_dir)
 
-    def _reap(self) -> None:
+    def _reap(self) -> bool:
+        """Handle workers that exited; True if any did."""
+        reaped = False
         for device, worker in list(self._running.items()):
             code = worker.proc.poll()
             if code is None:
                 continue
+            reaped = True
             del self._running[device]
             worker.kill()
             self._stops.pop(worker.run_id, None)
@@ -275,6 +287,7 @@ class Launcher:
                     RunWriter.open(path).set_status(
                         "failed", ended_at=now_iso(), error=f"the training process {reason} without recording an end (see {worker.log_path.name})"
                     )
+        return reaped
 
     def _enforce_stops(self) -> None:
         now = time.monotonic()
