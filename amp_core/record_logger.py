@@ -8,14 +8,18 @@ Add it to any Trainer (with the monitor) and the run shows up in AMP Explorer's 
 
 from __future__ import annotations
 
+import json
 import time
 from argparse import Namespace
+from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from amp_core.runs import RunWriter, finite_or_none
+from amp_core.runs import RANKS_DIR, RunWriter, finite_or_none
 
 _MONITOR_FIELDS = {
     "amp/loss": "loss",
@@ -71,3 +75,57 @@ class RunRecordLogger(Logger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         self.writer.close()
+
+
+class RankScaleLogger(Logger):
+    """On every rank of a multi-process run: that rank's loss scale per step, in ranks/rank<N>.jsonl.
+
+    With DDP the gradients are all-reduced before the GradScaler looks at them, so every rank should
+    hold the same scale; these files let the app show that they do. The run folder is known to rank 0
+    only, so it is broadcast from rank 0 when the strategy is set up (`set_run_dir`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._file = None
+        self._rank = 0
+
+    @property
+    def name(self) -> str:
+        return "amp_rank_scale"
+
+    @property
+    def version(self) -> str:
+        return str(self._rank)
+
+    def set_run_dir(self, run_dir: str, rank: int) -> None:
+        self._rank = rank
+        folder = Path(run_dir) / RANKS_DIR
+        folder.mkdir(exist_ok=True)
+        self._file = open(folder / f"rank{rank}.jsonl", "a", encoding="utf-8")
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._file is None or "amp/loss" not in metrics:
+            return
+        row = {"step": step, "loss_scale": finite_or_none(metrics.get("amp/loss_scale")), "skipped": bool(metrics.get("amp/skipped"))}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def finalize(self, status: str) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class ShareRunDir(Callback):
+    """Broadcasts rank 0's run folder to every rank at setup, for their `RankScaleLogger`."""
+
+    def __init__(self, logger: RankScaleLogger, run_dir: str | None):
+        self.logger, self.run_dir = logger, run_dir
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        run_dir = trainer.strategy.broadcast(self.run_dir, src=0)
+        self.logger.set_run_dir(run_dir, trainer.global_rank)

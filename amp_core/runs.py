@@ -31,6 +31,7 @@ import numpy as np
 RUNS_DIR_ENV = "AMP_RUNS_DIR"
 CONFIG_FILE, STATUS_FILE, METRICS_FILE, STOP_FILE = "config.json", "status.json", "metrics.jsonl", "stop"
 HISTOGRAMS_FILE = "histograms.jsonl"
+RANKS_DIR = "ranks"  # multi-process runs: ranks/rank<N>.jsonl, each rank's own loss scale per step
 
 ACTIVE_STATES = ("queued", "starting", "running")
 FINAL_STATES = ("completed", "failed", "stopped", "interrupted")
@@ -379,6 +380,35 @@ def load_histograms(path: str | os.PathLike) -> list[dict]:
         return []
     rows, _, _ = parse_metrics(data)
     return [r for r in rows if isinstance(r.get("counts"), list) and isinstance(r.get("log2_lo"), int)]
+
+
+def load_rank_scales(path: str | os.PathLike) -> dict[int, RunMetrics]:
+    """Each rank's loss-scale series of a multi-process run ({} for a single-process run)."""
+    out = {}
+    for f in sorted((Path(path) / RANKS_DIR).glob("rank*.jsonl")):
+        rank = f.stem[4:]
+        if rank.isdigit():
+            rows, _, _ = parse_metrics(f.read_bytes())
+            out[int(rank)] = RunMetrics.from_rows(rows)
+    return out
+
+
+def ranks_agree(ranks: dict[int, RunMetrics]) -> tuple[bool, str]:
+    """Whether every rank recorded the same loss scale and skipped steps; and a sentence saying so."""
+    if len(ranks) < 2:
+        return True, "single process"
+    base_rank = min(ranks)
+    base = ranks[base_rank]
+    for rank, m in sorted(ranks.items()):
+        n = min(len(base), len(m))
+        same = (base.step[:n] == m.step[:n]) & ((base.loss_scale[:n] == m.loss_scale[:n]) | (np.isnan(base.loss_scale[:n]) & np.isnan(m.loss_scale[:n])))
+        same &= base.skipped[:n] == m.skipped[:n]
+        if not same.all():
+            i = int(np.argmin(same))
+            return False, f"rank {rank} differs from rank {base_rank} at step {int(m.step[i])}: scale {m.loss_scale[i]:g} vs {base.loss_scale[i]:g}"
+        if len(m) != len(base):
+            return False, f"rank {rank} recorded {len(m)} steps, rank {base_rank} {len(base)}"
+    return True, f"all {len(ranks)} ranks recorded the same loss scale and skipped steps on every one of {len(base)} steps"
 
 
 def list_runs(runs_dir: str | os.PathLike | None = None) -> list[Run]:

@@ -30,6 +30,8 @@ from typing import Any
 from amp_core.runs import RunRecordError, RunWriter, default_runs_dir, now_iso, request_stop, stop_requested
 
 WANDB_MODES = ("offline", "online", "disabled")
+STRATEGIES = ("auto", "ddp")
+RUN_DIR_ENV = "AMP_RUN_DIR"  # rank 0's run folder, inherited by the processes Lightning launches
 ACCELERATORS = ("auto", "cpu", "gpu")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision; 'high' allows TF32 on CUDA
 MAX_STEPS_LIMIT = 1_000_000
@@ -65,6 +67,9 @@ class RunConfig:
     histogram_every: int = 25
     inject_overflow: tuple[int, ...] = ()
     fault: str = ""  # "KIND@STEP" with KIND raise, oom or nan: fail on purpose (demos, tests)
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     wandb: str = "offline"
     runs_dir: str = ""
     matmul_precision: str = "highest"
@@ -96,7 +101,7 @@ class RunConfig:
             raise ConfigError(f"matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
         if not isinstance(self.time_steps, bool):
             raise ConfigError(f"time-steps must be true or false, got {self.time_steps!r}")
-        if self.compare_group and not (isinstance(self.compare_group, str) and _GROUP_ID.match(self.compare_group)):
+        if not isinstance(self.compare_group, str) or (self.compare_group and not _GROUP_ID.match(self.compare_group)):
             raise ConfigError(f"compare-group must be letters, digits, '.', '_' or '-' (at most 64), got {self.compare_group!r}")
         number("max_steps", int, 1, MAX_STEPS_LIMIT)
         number("batch_size", int, 1, 65536)
@@ -110,6 +115,10 @@ class RunConfig:
         number("growth_interval", int, 1, 10**9)
         number("hidden", int, 1, 65536)
         number("depth", int, 1, 64)
+        number("devices", int, 1, 1024)
+        number("num_nodes", int, 1, 1024)
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         number("histogram_every", int, 0, 10**9)
         steps = self.inject_overflow
         if isinstance(steps, (str, bytes)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in steps):
@@ -148,10 +157,21 @@ def wandb_credentials_present() -> bool:
         return False
 
 
+def cpu_amp_flags() -> list[str]:
+    """Which of CPU_AMP_FLAGS this CPU has (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
+    except OSError:
+        return []
+    return [name for name in CPU_AMP_FLAGS if name in flags]
+
+
 def hardware_facts() -> dict[str, Any]:
     import torch
 
     facts: dict[str, Any] = {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
+    facts.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_flags=cpu_amp_flags())
     if facts["cuda"]:
         i = torch.cuda.current_device()
         facts.update(
@@ -212,6 +232,73 @@ class StopOnRequest:
         return _StopOnRequest()
 
 
+class StepTimer:
+    """Wall time of each training step: between consecutive `on_train_batch_end` calls (the first step
+    from its `on_train_batch_start`), so data loading and the loop's own work are in it.
+
+    With `sync_cuda` it waits for the GPU at each step end, else the times would be the host's launch
+    times: that is one host synchronisation per step, so a run only has this timer when it asks for
+    `time_steps` (a comparison does) and other runs keep the monitor's no-sync property.
+    """
+
+    def __new__(cls, sync_cuda: bool):
+        import torch
+        from pytorch_lightning.callbacks import Callback
+
+        sync = torch.cuda.synchronize if sync_cuda else (lambda: None)
+
+        class _StepTimer(Callback):
+            def __init__(self) -> None:
+                self.marks: list[float] = []
+
+            @property
+            def seconds(self) -> list[float]:
+                return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if not self.marks:
+                    sync()
+                    self.marks.append(time.perf_counter())
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                sync()
+                self.marks.append(time.perf_counter())
+
+        return _StepTimer()
+
+
+def step_timing(seconds: list[float], batch_size: int) -> dict[str, Any]:
+    """Median step time after the warm-up, and the rates it gives; empty without a timed step."""
+    warmup = min(max(WARMUP_MIN_STEPS, math.ceil(len(seconds) * WARMUP_SHARE)), len(seconds) // 2)
+    timed = seconds[warmup:]
+    if not timed:
+        return {}
+    median = statistics.median(timed)
+    return {
+        "median_step_ms": median * 1e3,
+        "steps_per_s": 1 / median,
+        "samples_per_s": batch_size / median,
+        "timed_steps": len(timed),
+        "warmup_steps": warmup,
+    }
+
+
+def peak_memory(cuda_device: Any = None) -> dict[str, Any]:
+    """The process's peak RSS so far (MiB) and, given a CUDA device, the allocator's peak since its last reset."""
+    out: dict[str, Any] = {}
+    try:
+        import resource
+
+        out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT_BYTES / 2**20
+    except ImportError:  # Windows
+        pass
+    if cuda_device is not None:
+        import torch
+
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(cuda_device) / 2**20
+    return out
+
+
 def _make_wandb_logger(config: RunConfig, writer: RunWriter) -> Any:
     """A WandbLogger whose failures become warnings in the run's status: W&B never stops training."""
     if config.wandb == "disabled":
@@ -259,6 +346,36 @@ def _make_wandb_logger(config: RunConfig, writer: RunWriter) -> Any:
         return None
 
 
+def global_rank() -> int:
+    """This process's rank in a multi-process run, from the variables its launcher sets (0 alone)."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    local, node = os.environ.get("LOCAL_RANK", "0"), os.environ.get("NODE_RANK", "0")
+    devices = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) or 1
+    return int(node) * devices + int(local) if local.isdigit() and node.isdigit() else 0
+
+
+class _OtherRankWriter(RunWriter):
+    """Ranks other than 0 keep no record of their own: rank 0 writes it. (Each rank's loss scale goes
+    to ranks/ through RankScaleLogger.)"""
+
+    def set_status(self, state: str, **fields: Any) -> dict:
+        return {}
+
+    def update_config(self, **fields: Any) -> None:
+        pass
+
+    def add_warning(self, message: str) -> None:
+        pass
+
+    def append_metrics(self, rows: list[dict]) -> None:
+        pass
+
+    def append_histogram(self, row: dict) -> None:
+        pass
+
+
 def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
     """Train once and record it. Returns the writer; the record's status says how it ended.
 
@@ -273,14 +390,18 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
 
     from amp_core.callbacks import AmpWandbCallback, InjectFault, InjectOverflow, LossScaleMonitor, NonFiniteLossGuard
     from amp_core.model import DemoMLP, synthetic_loader
-    from amp_core.record_logger import RunRecordLogger
+    from amp_core.record_logger import RankScaleLogger, RunRecordLogger, ShareRunDir
 
     runs_dir = config.runs_dir or str(default_runs_dir())
     record = {**asdict(config), "runs_dir": runs_dir, "accelerator_resolved": accelerator, "created_at": now_iso()}
-    if writer is None:
+    rank = global_rank()
+    if rank != 0:
+        writer = _OtherRankWriter(Path(os.environ.get(RUN_DIR_ENV, runs_dir)))
+    elif writer is None:
         writer = RunWriter.create(runs_dir, record, label=config.precision)
     else:
         writer.update_config(**record)
+    os.environ[RUN_DIR_ENV] = str(writer.path)
     writer.set_status("running", created_at=writer._status.get("created_at", record["created_at"]), started_at=now_iso(), pid=os.getpid(), host=socket.gethostname())
 
     # Python handles signals only in the main thread: run() called from another thread (an in-process
@@ -289,26 +410,34 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
     if own_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: request_stop(writer.path))
     wandb_logger = None
+    matmul_before = torch.get_float32_matmul_precision()
     try:
+        torch.set_float32_matmul_precision(config.matmul_precision)  # process-wide: put back in `finally`
         pl.seed_everything(config.seed, workers=True, verbose=False)
         precision_kwargs, precision_info = build_precision(config, accelerator)
+        timer = StepTimer(sync_cuda=accelerator == "gpu") if config.time_steps else None
         model = DemoMLP(hidden=config.hidden, depth=config.depth, lr=config.lr, fused=config.fused)
         loader = synthetic_loader(config.batch_size, batches=min(config.max_steps, 64), seed=config.seed)
-        wandb_logger = _make_wandb_logger(config, writer)
+        wandb_logger = _make_wandb_logger(config, writer) if rank == 0 else None
+        rank_logger = RankScaleLogger() if config.devices * config.num_nodes > 1 else None
         mixed = config.precision in ("16-mixed", "bf16-mixed")
         trainer = pl.Trainer(
             accelerator=accelerator,
-            devices=1,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
             max_steps=config.max_steps,
             max_epochs=-1,
-            logger=[RunRecordLogger(writer)] + ([wandb_logger] if wandb_logger else []),
+            logger=[RunRecordLogger(writer)] + ([wandb_logger] if wandb_logger else []) + ([rank_logger] if rank_logger else []),
             callbacks=[
                 LossScaleMonitor(histogram_every=config.histogram_every or None),
                 AmpWandbCallback(enabled=mixed, precision=config.precision),
                 StopOnRequest(writer.path),
                 NonFiniteLossGuard(),
+                *([ShareRunDir(rank_logger, str(writer.path) if rank == 0 else None)] if rank_logger else []),
                 *([InjectOverflow(config.inject_overflow)] if config.inject_overflow else []),
                 *([InjectFault(config.fault.split("@")[0], int(config.fault.split("@")[1]))] if config.fault else []),
+                *([timer] if timer else []),
             ],
             log_every_n_steps=1 if accelerator == "cpu" else 20,
             enable_checkpointing=False,
@@ -328,10 +457,14 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
             versions=versions(),
             matmul_flops_per_step=model.matmul_flops_per_step(config.batch_size),
         )
+        cuda_device = trainer.strategy.root_device if accelerator == "gpu" else None
+        if cuda_device is not None:
+            torch.cuda.reset_peak_memory_stats(cuda_device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             trainer.fit(model, loader)
-        writer.set_status("stopped" if stop_requested(writer.path) else "completed", ended_at=now_iso(), global_step=trainer.global_step)
+        measured = {**peak_memory(cuda_device), **(step_timing(timer.seconds, config.batch_size) if timer else {})}
+        writer.set_status("stopped" if stop_requested(writer.path) else "completed", ended_at=now_iso(), global_step=trainer.global_step, **measured)
     except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
         writer.set_status("stopped", ended_at=now_iso(), error="interrupted by the user")
     except BaseException as e:
@@ -346,6 +479,7 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
                 writer.add_warning(f"W&B finish failed: {type(e).__name__}: {e}")
         if own_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        torch.set_float32_matmul_precision(matmul_before)
     return writer
 
 
@@ -368,8 +502,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--histogram-every", default=d.histogram_every, help="steps between gradient histograms (0: none)")
     p.add_argument("--inject-overflow", default="", help="comma-separated steps at which to put an inf into the gradients (16-mixed only)")
     p.add_argument("--fault", default=d.fault, help="fail on purpose: raise@STEP, oom@STEP or nan@STEP (demos and tests)")
+    p.add_argument("--devices", default=d.devices, help="processes (GPUs, or CPU processes) per node; >1 runs Lightning's DDP")
+    p.add_argument("--num-nodes", default=d.num_nodes, help="machines; launch one process per node as Lightning documents (torchrun, SLURM)")
+    p.add_argument("--strategy", default=d.strategy, help="auto or ddp")
     p.add_argument("--wandb", default=d.wandb, help="offline (default), online (needs credentials, else offline with a warning) or disabled")
     p.add_argument("--runs-dir", default=None, help=f"where run records go (default: ${'AMP_RUNS_DIR'} or runs/)")
+    p.add_argument("--matmul-precision", default=d.matmul_precision, help="torch.set_float32_matmul_precision: highest (default), high (TF32 on CUDA) or medium")
+    p.add_argument("--time-steps", action="store_true", help="record the median step time in status.json (on CUDA: one synchronisation per step)")
+    p.add_argument("--compare-group", default=d.compare_group, help="id shared by the runs of one precision comparison (amp_core.compare sets it)")
     return p
 
 
@@ -415,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"amp_core.train: the run failed: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
         return 1
+    if global_rank() != 0:
+        return 0  # rank 0 reports
     from amp_core.runs import load_run, summarize
 
     s = summarize(load_run(writer.path))

@@ -124,6 +124,11 @@ class Launcher:
         """Validate and queue a run; it starts as soon as its device is free. Returns the run id."""
         config.validate()
         config.runs_dir = str(self.runs_dir)
+        if config.devices * config.num_nodes > 1:
+            from amp_core.train import ConfigError
+
+            # Lightning launches the other ranks by running this process's command again: the CLI's.
+            raise ConfigError("multi-process runs start from the command line: python -m amp_core.train --devices N --strategy ddp")
         if config.accelerator == "gpu" and self.cuda_devices == 0:
             from amp_core.train import ConfigError
 

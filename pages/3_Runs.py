@@ -7,7 +7,7 @@ import ui_common
 from amp_core import charts
 from amp_core.advice import advise
 from amp_core.gradients import scale_at, shares
-from amp_core.runs import ACTIVE_STATES, list_runs, load_histograms, metrics_csv, metrics_json, summarize
+from amp_core.runs import ACTIVE_STATES, list_runs, load_histograms, load_rank_scales, metrics_csv, metrics_json, ranks_agree, summarize
 from amp_core.scaler_policies import HysteresisPolicy, TorchGradScalerPolicy, overflow_model_for, replay, replay_own_policy
 
 st.set_page_config(page_title="Runs · AMP Explorer", page_icon="🗂️", layout="wide")
@@ -49,6 +49,10 @@ run = by_id[selected]
 
 for problem in run.problems:
     st.warning(f"This record is damaged: {problem}. What could be read is shown.")
+ranks = load_rank_scales(run.path)
+if ranks:
+    agree, sentence = ranks_agree(ranks)
+    (st.success if agree else st.error)(f"Multi-process run, {len(ranks)} ranks: {sentence}.")
 
 if run.state in ACTIVE_STATES and not overlay:
     paused = st.toggle("Pause live updates", help="Stops redrawing so you can zoom and hover; the run goes on.")
