@@ -83,6 +83,13 @@ def requested_precision_values() -> tuple:
     return lightning_precision_values() + get_args(_PRECISION_INPUT_INT)
 
 
+def _shown(value) -> str:
+    try:
+        return repr(value)
+    except ValueError:
+        return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
+
+
 def normalize_precision(value) -> str:
     """Lightning's own normalisation: ``'16'``/``16`` -> ``'16-mixed'``, ``'bf16'`` -> ``'bf16-mixed'``, ``None`` ->
     Lightning's default. Raises :class:`InvalidPrecisionError` for anything Lightning would reject."""
@@ -95,7 +102,10 @@ def normalize_precision(value) -> str:
         try:
             unified = _convert_precision_to_unified_args(value)
         except ValueError as err:
-            raise InvalidPrecisionError(str(err)) from err
+            message = str(err)
+            if "Allowed precision values" not in message:  # Lightning's own repr() failed (an int of over 4300 digits)
+                message = f"Precision {_shown(value)} is invalid. Allowed precision values: {requested_precision_values()}"
+            raise InvalidPrecisionError(message) from err
     if unified is None:
         return Precision.precision  # the base plugin's default, which is what Trainer(precision=None) gets
     # Lightning checks membership with ==, so 16.0 passes its check and comes out as '16.0', which it cannot use.

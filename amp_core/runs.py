@@ -40,7 +40,7 @@ FINAL_STATES = ("completed", "failed", "stopped", "interrupted")
 # A missing or null value reads as NaN (loss_scale is null when there is no GradScaler).
 METRIC_COLUMNS = ("step", "loss", "loss_scale", "skipped", "grad_norm", "grad_max", "growth_tracker", "time")
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: "$" would let a trailing newline in
 
 
 class RunRecordError(ValueError):
@@ -58,9 +58,12 @@ def now_iso() -> str:
 def run_path(runs_dir: str | os.PathLike, run_id: str) -> Path:
     """The folder of `run_id` inside `runs_dir`, refusing anything that would lead outside it."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id in (".", ".."):
-        raise RunRecordError(f"not a run id: {run_id!r}")
-    root = Path(runs_dir).resolve()
-    path = (root / run_id).resolve()
+        raise RunRecordError(f"not a run id: {run_id!r}" if isinstance(run_id, str) else f"not a run id: a {type(run_id).__name__}")
+    try:
+        root = Path(runs_dir).resolve()
+        path = (root / run_id).resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise RunRecordError(f"run {run_id!r} cannot be resolved ({type(e).__name__})") from None
     if path.parent != root:
         raise RunRecordError(f"run {run_id!r} is outside the runs directory")
     return path
@@ -73,7 +76,10 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _read_json(path: Path) -> dict:
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except RecursionError:
+        raise ValueError(f"{path.name} is nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path.name} is not a JSON object")
     return data
@@ -192,6 +198,8 @@ def process_alive(pid: Any, host: Any = None) -> bool | None:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except OverflowError:  # larger than any pid: junk, like a negative one
+        return None
     except PermissionError:
         return True
     try:  # a zombie (our own exited child not yet reaped) is not alive
@@ -257,7 +265,7 @@ def parse_metrics(data: bytes) -> tuple[list[dict], int, int]:
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             damaged += 1
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
@@ -311,7 +319,7 @@ def effective_state(status: dict) -> str:
     return state if isinstance(state, str) else "unknown"
 
 
-_cache: dict[Path, tuple[tuple, Run]] = {}
+_cache: dict[Path, tuple[tuple, Run, str]] = {}  # path -> (file stamps, run, its state when read)
 
 
 def _stamp(path: Path) -> tuple:
@@ -334,12 +342,13 @@ def load_run(path: str | os.PathLike) -> Run:
     path = Path(path)
     stamp = _stamp(path)
     hit = _cache.get(path)
-    if hit is not None and hit[0] == stamp:
+    # The state is part of the key: a run whose process died since changes no file, yet reads differently.
+    if hit is not None and hit[0] == stamp and hit[2] == effective_state(hit[1].status):
         return hit[1]
     run = _load_run(path)
     if len(_cache) > 512:
         _cache.clear()
-    _cache[path] = (stamp, run)
+    _cache[path] = (stamp, run, run.state)
     return run
 
 

@@ -42,11 +42,20 @@ WARMUP_MIN_STEPS, WARMUP_SHARE = 5, 0.1
 RSS_UNIT_BYTES = {"darwin": 1}.get(sys.platform, 1024)
 # CPU features that decide whether fp16 / bf16 autocast has hardware behind it (read from /proc/cpuinfo).
 CPU_AMP_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16", "amx_tile", "avx512f", "avx2", "f16c")
-_GROUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_GROUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would let a trailing newline in
 
 
 class ConfigError(ValueError):
     """A run setting that cannot be used; the message is one line a user can act on."""
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """repr() for an error message: never raises (an int of over 4300 digits has no repr) and stays short."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -82,11 +91,17 @@ class RunConfig:
 
         def number(name: str, kind: type, lo: float, hi: float, lo_open: bool = False) -> None:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-                raise ConfigError(f"{name.replace('_', '-')} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-            if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name.replace('_', '-')} must be {'an integer' if kind is int else 'a number'}, got {_shown(value)}")
+            try:
+                as_float = float(value)
+            except OverflowError:  # an int too large for a float: out of every range here
+                as_float = math.inf if value > 0 else -math.inf
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{name.replace('_', '-')} must be an integer, got {_shown(value)}")
+            if not math.isfinite(as_float) or value < lo or value > hi or (lo_open and value == lo):
                 bound = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
-                raise ConfigError(f"{name.replace('_', '-')} must be {bound}, got {value!r}")
+                raise ConfigError(f"{name.replace('_', '-')} must be {bound}, got {_shown(value)}")
             setattr(self, name, kind(value))
 
         try:
@@ -94,15 +109,19 @@ class RunConfig:
         except ValueError as e:
             raise ConfigError(str(e).splitlines()[0]) from None
         if self.accelerator not in ACCELERATORS:
-            raise ConfigError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
+            raise ConfigError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {_shown(self.accelerator)}")
         if self.wandb not in WANDB_MODES:
-            raise ConfigError(f"wandb must be one of {', '.join(WANDB_MODES)}, got {self.wandb!r}")
+            raise ConfigError(f"wandb must be one of {', '.join(WANDB_MODES)}, got {_shown(self.wandb)}")
         if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ConfigError(f"matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
+            raise ConfigError(f"matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {_shown(self.matmul_precision)}")
         if not isinstance(self.time_steps, bool):
-            raise ConfigError(f"time-steps must be true or false, got {self.time_steps!r}")
+            raise ConfigError(f"time-steps must be true or false, got {_shown(self.time_steps)}")
+        if not isinstance(self.fused, bool):
+            raise ConfigError(f"fused must be true or false, got {_shown(self.fused)}")
+        if not isinstance(self.runs_dir, str) or "\0" in self.runs_dir:
+            raise ConfigError(f"runs-dir must be a folder path, got {_shown(self.runs_dir)}")
         if not isinstance(self.compare_group, str) or (self.compare_group and not _GROUP_ID.match(self.compare_group)):
-            raise ConfigError(f"compare-group must be letters, digits, '.', '_' or '-' (at most 64), got {self.compare_group!r}")
+            raise ConfigError(f"compare-group must be letters, digits, '.', '_' or '-' (at most 64), got {_shown(self.compare_group)}")
         number("max_steps", int, 1, MAX_STEPS_LIMIT)
         number("batch_size", int, 1, 65536)
         number("lr", float, 0, 10, lo_open=True)
@@ -118,22 +137,22 @@ class RunConfig:
         number("devices", int, 1, 1024)
         number("num_nodes", int, 1, 1024)
         if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {_shown(self.strategy)}")
         number("histogram_every", int, 0, 10**9)
         steps = self.inject_overflow
-        if isinstance(steps, (str, bytes)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in steps):
-            raise ConfigError(f"inject-overflow must be a list of step numbers, got {steps!r}")
+        if not isinstance(steps, (list, tuple, set, frozenset)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in steps):
+            raise ConfigError(f"inject-overflow must be a list of step numbers, got {_shown(steps)}")
         if any(x < 0 or x >= self.max_steps for x in steps):
-            raise ConfigError(f"inject-overflow steps must be between 0 and max-steps - 1 ({self.max_steps - 1}), got {list(steps)}")
+            raise ConfigError(f"inject-overflow steps must be between 0 and max-steps - 1 ({self.max_steps - 1}), got {_shown(sorted(steps))}")
         if steps and self.precision != "16-mixed":
             raise ConfigError("inject-overflow needs a GradScaler, i.e. precision 16-mixed: without one an inf gradient ruins the weights")
         self.inject_overflow = tuple(sorted(set(steps)))
-        if self.fault:
+        if not isinstance(self.fault, str) or self.fault:
             from amp_core.callbacks import FAULTS
 
-            kind, _, at = str(self.fault).partition("@")
-            if kind not in FAULTS or not at.isdigit():
-                raise ConfigError(f"fault must be KIND@STEP with KIND one of {', '.join(FAULTS)}, e.g. nan@10; got {self.fault!r}")
+            kind, _, at = str(self.fault).partition("@") if isinstance(self.fault, str) else ("", "", "")
+            if kind not in FAULTS or not re.fullmatch(r"[0-9]{1,9}", at):  # ASCII digits only: int() must read them
+                raise ConfigError(f"fault must be KIND@STEP with KIND one of {', '.join(FAULTS)}, e.g. nan@10; got {_shown(self.fault)}")
         return self
 
 
@@ -519,7 +538,8 @@ class _ArgumentError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage dump
-        raise _ArgumentError(message)
+        # argparse quotes the user's arguments: a line break (or other control character) in one is escaped.
+        raise _ArgumentError("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
 
 def config_from_args(argv: list[str] | None) -> RunConfig:
@@ -538,6 +558,8 @@ def config_from_args(argv: list[str] | None) -> RunConfig:
     types = {f.name: f.type for f in fields(RunConfig)}
     values = {}
     for name, value in vars(args).items():
+        if isinstance(value, list):  # argparse drops a value of '--' ("--lr=--"), leaving an empty list
+            raise ConfigError(f"--{name.replace('_', '-')} needs a value, got '--'")
         kind = {"int": int, "float": float}.get(str(types.get(name)))
         values[name] = parse("--" + name.replace("_", "-"), value, kind) if kind else value
     values["runs_dir"] = values["runs_dir"] or str(default_runs_dir())

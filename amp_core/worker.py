@@ -108,6 +108,7 @@ class Launcher:
         self._cuda_devices = cuda_devices
         self._hardware: dict | None = None
         self._forced: set[str] = set()  # runs killed for not stopping in time
+        self._adopted: dict[str, dict] = {}  # device -> status of a run an earlier server started, still training
         self._next_scan = 0.0
         self._closed = threading.Event()
         self._adopt_orphans()
@@ -146,7 +147,7 @@ class Launcher:
             if run.state == "queued":
                 RunWriter.open(path).set_status("stopped", ended_at=now_iso(), error="stopped before it started")
                 return "removed from queue"
-            if run.state != "running":
+            if run.state not in ("starting", "running"):
                 return run.state
             request_stop(path)
             self._stops.setdefault(run_id, time.monotonic())
@@ -226,7 +227,7 @@ class Launcher:
             return None
         if self.cuda_devices == 0:
             return "cpu"  # 'auto' means the CPU here; 'gpu' then fails in the run with a clear message
-        free = [f"cuda:{i}" for i in range(self.cuda_devices) if f"cuda:{i}" not in self._running]
+        free = [f"cuda:{i}" for i in range(self.cuda_devices) if f"cuda:{i}" not in self._running and f"cuda:{i}" not in self._adopted]
         return free[0] if free else "cuda:0"
 
     def _tick(self) -> None:
@@ -239,9 +240,10 @@ class Launcher:
                 return
             queued = queued_runs(self.runs_dir)
             self._next_scan = time.monotonic() + (POLL_S if queued else IDLE_SCAN_S)
+            adopted = self._adopted_devices() if queued else set()
             for run in queued:
                 device = self._device_for(run.config)
-                if device is None or device in self._running:
+                if device is None or device in self._running or device in adopted:
                     continue
                 worker = self._take_worker()
                 if worker is None:
@@ -305,17 +307,29 @@ class Launcher:
                 os.killpg(worker.proc.pid, signal.SIGKILL)
 
     def _adopt_orphans(self) -> None:
-        """After a server restart: runs whose process is gone are marked interrupted."""
+        """After a server restart: runs whose process is gone are marked interrupted; a run still training
+        keeps its device until it ends (one run per device holds across a restart too)."""
         for run in list_runs(self.runs_dir):
             state = run.status.get("state")
-            if state in ("running", "starting") and process_alive(run.status.get("pid"), run.status.get("host")) is not True:
+            if state not in ("running", "starting"):
+                continue
+            if process_alive(run.status.get("pid"), run.status.get("host")) is not True:
                 RunWriter.open(run.path).set_status("interrupted", ended_at=now_iso(), error="the server restarted and the training process was gone")
+            elif isinstance(run.status.get("device"), str):
+                self._adopted[run.status["device"]] = dict(run.status)
+
+    def _adopted_devices(self) -> set[str]:
+        """Devices still held by runs an earlier server started (dropping those whose process has ended)."""
+        for device, status in list(self._adopted.items()):
+            if process_alive(status.get("pid"), status.get("host")) is not True:
+                del self._adopted[device]
+        return set(self._adopted)
 
 
 def _read_status(path: Path) -> dict:
     try:
         return json.loads((path / STATUS_FILE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 
@@ -339,7 +353,15 @@ def _serve() -> int:
 
     import amp_core.callbacks  # noqa: F401
     import amp_core.model  # noqa: F401
+    import amp_core.record_logger  # noqa: F401
     from amp_core import train
+
+    try:  # W&B's own imports take a second or more: not on the path from Start to the first step
+        import wandb  # noqa: F401
+        import wandb.sdk.launch  # noqa: F401
+        from pytorch_lightning.loggers import WandbLogger  # noqa: F401
+    except Exception:
+        pass  # a run then trains without W&B, with a warning in its status
 
     print("ready", flush=True)
     line = sys.stdin.readline()

@@ -8,8 +8,9 @@ Three measurements, each printed with its goal:
 
 1. start: click "Start run" on the Train page -> the loss-scale chart has its first point in the
    browser. Warm (the launcher's spare worker has finished importing torch and Lightning) and cold
-   (a fresh server, the Train page opened and Start clicked right away: the app offers no switch to
-   turn the warm worker off, so "cold" is the first start after the server came up).
+   (the warm worker turned off: the app offers no switch, so the server process patches
+   Launcher's `warm` default to False before Streamlit starts; each start then imports torch and
+   Lightning in a fresh worker).
 2. redraw: synthetic run records of 1e3..1e6 steps (written with RunWriter). Server-side time of
    one live redraw (RunFollower.poll of the new lines, the three chart figures, and what
    st.plotly_chart does with them: validate and serialise), the figure JSON bytes
@@ -27,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -53,13 +54,24 @@ CHROMIUM = os.environ.get("AMP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"]
 SETTLED = "[data-testid='stApp'][data-test-script-state='notRunning']"
 EXCEPTION = "[data-testid='stException']"
-# Points in the first trace of the chart titled "Loss scale ..." (0 while there is none).
-LOSS_SCALE_POINTS_JS = """() => {
+# Points in the first trace of the chart titled "Loss scale ..." (0 while there is none); with an
+# argument, only a chart of the run now in the URL (`?run=`), and only if that is not the run given.
+# NumPy arrays reach Plotly as base64 typed arrays: `_fullData[i].x` is the decoded array.
+LOSS_SCALE_POINTS_JS = """(notRun) => {
+  const run = new URLSearchParams(location.search).get('run');
+  if (notRun !== undefined && (!run || run === notRun)) return 0;
+  let best = 0;
   for (const e of document.querySelectorAll('.js-plotly-plot')) {
-    const t = e.layout && e.layout.title; const title = typeof t === 'string' ? t : (t && t.text) || '';
-    if (title.startsWith('Loss scale') && e.data && e.data.length && e.data[0].x) return e.data[0].x.length;
+    const t = e.layout && e.layout.title;
+    const title = (typeof t === 'string' ? t : (t && t.text) || '').replace(/<[^>]*>/g, '');
+    const traces = e._fullData || e.data || [];
+    if (!title.startsWith('Loss scale') || !traces.length || !traces[0].x) continue;
+    if (notRun !== undefined && !String(traces[0].name || '').startsWith(run)) continue;
+    const x = traces[0].x;
+    const n = typeof x.length === 'number' ? x.length : (x._inputArray && x._inputArray.length) || 0;
+    best = Math.max(best, n);
   }
-  return 0;
+  return best;
 }"""
 
 GOALS = {"start_warm": 1.0, "start_cold": 3.0, "payload": 2_000_000, "home_ratio": 1.5}
@@ -82,7 +94,7 @@ def worker_pids(runs_dir: Path) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if b"amp_core.worker" not in (entry / "cmdline").read_bytes():
+            if b"\0-m\0amp_core.worker\0" not in (entry / "cmdline").read_bytes():
                 continue
             if marker in (entry / "environ").read_bytes().split(b"\0"):
                 out.append(int(entry.name))
@@ -99,8 +111,18 @@ def cpu_ticks(pid: int) -> int | None:
         return None
 
 
+# `streamlit run` with the launcher's warm worker turned off (Launcher(warm=False) as the default), for
+# cold starts: the app has no switch for it, so the server process patches the default, then runs
+# Streamlit's own command line exactly as `python -m streamlit` does.
+COLD_BOOT = (
+    "import sys; import amp_core.worker as w; "
+    "w.Launcher.__init__.__defaults__ = w.Launcher.__init__.__defaults__[:-1] + (False,); "
+    "from streamlit.web.cli import main; sys.argv[0] = 'streamlit'; main(prog_name='streamlit')"
+)
+
+
 class Server:
-    def __init__(self, script: str, cwd: Path, runs_dir: Path | None, log: Path):
+    def __init__(self, script: str, cwd: Path, runs_dir: Path | None, log: Path, cold: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.runs_dir = runs_dir.resolve() if runs_dir else None
@@ -109,7 +131,7 @@ class Server:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             env["AMP_RUNS_DIR"] = str(self.runs_dir)
             env["WANDB_DIR"] = str(self.runs_dir.parent)
-        cmd = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true", "--server.address", "127.0.0.1",
+        cmd = [sys.executable, *(["-c", COLD_BOOT] if cold else ["-m", "streamlit"]), "run", script, "--server.headless", "true", "--server.address", "127.0.0.1",
                "--server.port", str(self.port), "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]  # fmt: skip
         self.log_path = log
         self._log = open(log, "wb")
@@ -133,13 +155,13 @@ class Server:
 
     def spare_ready(self) -> bool:
         """A worker that is not training any run, alive, and idle (blocked reading its job)."""
-        busy = set()
+        busy = set()  # every process that ever took a job (a finished one may still be exiting)
         for status in self.runs_dir.glob("*/status.json"):
             try:
                 s = json.loads(status.read_text())
             except (OSError, ValueError):
                 continue
-            if s.get("state") in ("starting", "running") and isinstance(s.get("pid"), int):
+            if isinstance(s.get("pid"), int):
                 busy.add(s["pid"])
         for pid in worker_pids(self.runs_dir):
             if pid in busy:
@@ -182,7 +204,7 @@ def launch_browser(p):
     return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
-def new_page(browser, timeout_s: float = 120):
+def new_page(browser, timeout_s: float = 90):
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     ctx.set_default_timeout(timeout_s * 1000)
     return ctx, ctx.new_page()
@@ -204,18 +226,46 @@ def run_state(runs_dir: Path, run_id: str) -> str:
         return ""
 
 
-def click_start_and_time(page, server: Server, steps: int) -> tuple[float, str]:
-    """On a settled Train page: set Steps, click Start run, time until the first loss-scale point."""
-    page.get_by_label("Steps").fill(str(steps))
+def _iso_epoch(value) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def click_start_and_time(page, server: Server, steps: int, wandb: str = "offline") -> tuple[float, str, str]:
+    """On a settled Train page: set Steps, click Start run, time until the first loss-scale point.
+
+    Returns (seconds, run id, where the time went: click -> the trainer writes 'running' -> the
+    first step is written -> the browser draws it, from the record's own timestamps)."""
+    page.get_by_role("spinbutton", name="Steps", exact=True).fill(str(steps))
+    if wandb != "offline":  # the form's default
+        page.locator("[data-testid='stRadio'] label").filter(has_text=re.compile(f"^{wandb}$")).click()
     button = page.get_by_role("button", name="Start run")
     button.wait_for()
-    t0 = time.perf_counter()
+    before = page.evaluate("() => new URLSearchParams(location.search).get('run') || ''")
+    wall0, t0 = time.time(), time.perf_counter()
     button.click()
-    page.wait_for_function(f"() => ({LOSS_SCALE_POINTS_JS})() >= 1", polling=20)
+    # The page may still show the previous run (the Train page shows what is training): wait for
+    # the new run's id in the URL and a loss-scale chart of that run.
+    page.wait_for_function(f"(pre) => ({LOSS_SCALE_POINTS_JS})(pre) >= 1", arg=before, polling=20)
     elapsed = time.perf_counter() - t0
+    drawn = wall0 + elapsed
     check_no_exception(page, "the Train page")
     run_id = page.evaluate("() => new URLSearchParams(location.search).get('run')") or ""
-    return elapsed, run_id
+    split = ""
+    try:
+        status = json.loads((server.runs_dir / run_id / "status.json").read_text())
+        with open(server.runs_dir / run_id / "metrics.jsonl") as f:
+            first_row = json.loads(f.readline())
+        running, written = _iso_epoch(status.get("started_at")), float(first_row["time"])
+        if running:
+            split = f"running +{running - wall0:.2f} s, first step written +{written - wall0:.2f} s, drawn +{drawn - wall0:.2f} s"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return elapsed, run_id, split
 
 
 def wait_final(runs_dir: Path, run_id: str, timeout: float = 180) -> str:
@@ -228,7 +278,7 @@ def wait_final(runs_dir: Path, run_id: str, timeout: float = 180) -> str:
     return run_state(runs_dir, run_id)
 
 
-def bench_start(p, tmp: Path, warm_n: int, cold_n: int, steps: int = 100) -> dict:
+def bench_start(p, tmp: Path, warm_n: int, cold_n: int, steps: int = 30, wandb: str = "offline") -> dict:
     out: dict = {"warm": [], "cold": [], "notes": []}
     browser = launch_browser(p)
     try:
@@ -242,9 +292,9 @@ def bench_start(p, tmp: Path, warm_n: int, cold_n: int, steps: int = 100) -> dic
                 check_no_exception(page, "the Train page")
                 server.wait_spare()
                 time.sleep(0.5)
-                elapsed, run_id = click_start_and_time(page, server, steps)
+                elapsed, run_id, split = click_start_and_time(page, server, steps, wandb)
                 out["warm"].append(elapsed)
-                print(f"  start warm #{i + 1}: {elapsed:.2f} s ({run_id})", flush=True)
+                print(f"  start warm #{i + 1}: {elapsed:.2f} s ({split})", flush=True)
                 if run_id:
                     state = wait_final(server.runs_dir, run_id)
                     if state != "completed":
@@ -252,21 +302,32 @@ def bench_start(p, tmp: Path, warm_n: int, cold_n: int, steps: int = 100) -> dic
                 ctx.close()
         finally:
             server.stop()
-        # Cold: a fresh server each time; open Train and start at once (the worker is still importing).
-        for i in range(cold_n):
-            base = tmp / f"start-cold-{i}"
-            server = Server("app.py", REPO, base / "runs", tmp / f"start-cold-{i}.log")
-            try:
+        # Cold: the warm worker turned off, so every start launches a worker that imports torch and
+        # Lightning first. One server; each start waits until the previous run has ended.
+        server = Server("app.py", REPO, tmp / "start-cold" / "runs", tmp / "start-cold.log", cold=True)
+        try:
+            if worker_pids(server.runs_dir):
+                out["notes"].append("cold server still started a warm worker: the patch did not apply")
+            for i in range(cold_n):
                 ctx, page = new_page(browser)
                 page.goto(server.url + "/Train")
                 page.wait_for_selector(SETTLED)
                 check_no_exception(page, "the Train page")
-                elapsed, run_id = click_start_and_time(page, server, steps)
+                time.sleep(1.0)
+                busy = worker_pids(server.runs_dir)
+                if busy:
+                    out["notes"].append(f"cold start #{i + 1}: a worker was already running ({busy})")
+                elapsed, run_id, split = click_start_and_time(page, server, steps, wandb)
                 out["cold"].append(elapsed)
-                print(f"  start cold #{i + 1}: {elapsed:.2f} s ({run_id})", flush=True)
+                print(f"  start cold #{i + 1}: {elapsed:.2f} s ({split})", flush=True)
+                if run_id:
+                    wait_final(server.runs_dir, run_id)
                 ctx.close()
-            finally:
-                server.stop()
+                deadline = time.monotonic() + 30  # the finished run's process exits
+                while worker_pids(server.runs_dir) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+        finally:
+            server.stop()
     finally:
         browser.close()
     return out
@@ -343,7 +404,7 @@ def bench_redraw_server(runs_dir: Path, sizes: list[int], repeats: int) -> dict[
     results = {}
     for n in sizes:
         t0 = time.perf_counter()
-        path = synth_run(runs_dir, n)
+        path = synth_run(runs_dir / f"n{n}", n)  # a runs folder per size: each page open reads only its own
         write_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         run = load_run(path)
@@ -376,12 +437,12 @@ def bench_redraw_browser(p, tmp: Path, runs_dir: Path, results: dict[int, dict],
     """Websocket bytes per live redraw on the Runs page, for a record made to look like a running run.
 
     The record's status says running with this process's pid, and a thread appends 10 steps every
-    0.5 s, so the page's live fragment keeps redrawing it."""
-    server = Server("app.py", REPO, runs_dir, tmp / "redraw.log")
+    0.5 s, so the page's live fragment keeps redrawing it. One server per size (its own runs folder)."""
     browser = launch_browser(p)
     try:
         for n, res in results.items():
             path = res["path"]
+            server = Server("app.py", REPO, path.parent, tmp / f"redraw-{n}.log")
             writer = RunWriter.open(path)
             writer.set_status("running", pid=os.getpid(), host=socket.gethostname())
             stop = threading.Event()
@@ -411,28 +472,37 @@ def bench_redraw_browser(p, tmp: Path, runs_dir: Path, results: dict[int, dict],
                 page.wait_for_function(f"() => ({LOSS_SCALE_POINTS_JS})() >= 1", polling=50)
                 first_chart_s = time.perf_counter() - t_open
                 check_no_exception(page, "the Runs page")
-                time.sleep(1.5)  # let the first full render finish
+                page.wait_for_timeout(1500)  # let the first full render finish (Playwright handles events meanwhile)
                 t0 = time.perf_counter()
-                time.sleep(seconds)
+                page.wait_for_timeout(seconds * 1000)
                 t1 = time.perf_counter()
-                window = [f for f in frames if t0 <= f[0] < t1]
-                redraws = sum(1 for f in window if f[2])
-                total = sum(f[1] for f in window)
+                # Streamlit sends each element as its own message (a chart unchanged since the last
+                # redraw goes as a short cache reference): a redraw is a burst of frames.
+                window = sorted(f for f in frames if t0 <= f[0] < t1)
+                bursts: list[int] = []
+                last = -1.0
+                for when, size, _ in window:
+                    if not bursts or when - last > 0.25:
+                        bursts.append(0)
+                    bursts[-1] += size
+                    last = when
+                redraws = len(bursts)
                 res["ws_first_chart_s"] = first_chart_s
                 res["ws_redraws"] = redraws
-                res["ws_bytes_per_redraw"] = total / redraws if redraws else None
+                res["ws_bytes_per_redraw"] = statistics.median(bursts) if bursts else None
+                res["ws_max_redraw"] = max(bursts, default=0)
                 res["ws_max_frame"] = max((f[1] for f in window), default=0)
-                per = f"{res['ws_bytes_per_redraw'] / 1e3:.1f} kB" if redraws else "no redraw seen"
-                print(f"  websocket {n:>9,} steps: {per} per redraw ({redraws} redraws in {seconds:g} s, first chart after {first_chart_s:.1f} s)", flush=True)
+                per = f"{res['ws_bytes_per_redraw'] / 1e3:.1f} kB (max {res['ws_max_redraw'] / 1e3:.1f} kB)" if redraws else "no redraw seen"
+                print(f"  websocket {n:>9,} steps: {per} per redraw ({redraws} redraws in {seconds:g} s; page open -> chart {first_chart_s:.1f} s)", flush=True)
             finally:
                 stop.set()
                 appender.join()
                 writer.close()
                 writer.set_status("completed", ended_at=now_iso())
                 ctx.close()
+                server.stop()
     finally:
         browser.close()
-        server.stop()
 
 
 # -- 3. Home page ready vs a bare Streamlit page ----------------------------------------------------
@@ -489,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", choices=("start", "redraw", "home"), help="run only these parts (repeatable)")
     ap.add_argument("--sizes", default="1000,10000,100000,1000000", help="run sizes for the redraw part")
     ap.add_argument("--no-websocket", action="store_true", help="skip the in-browser websocket measurement")
+    ap.add_argument("--wandb", default="offline", choices=("offline", "disabled"), help="the W&B choice in the Train form for the start part")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (records, server logs)")
     args = ap.parse_args(argv)
     parts = args.only or ["start", "redraw", "home"]
@@ -505,23 +576,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"AMP Explorer app latency benchmark ({'quick' if args.quick else 'full'}); {os.cpu_count()} CPUs; work folder {tmp}", flush=True)
     t_all = time.perf_counter()
     start = redraw = home = None
+    errors: list[str] = []
+
+    def part(name: str, fn):
+        try:
+            return fn()
+        except Exception as e:  # one part failing still reports the others
+            errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            print(f"  {name} FAILED: {errors[-1]}", flush=True)
+            return None
+
     try:
         with sync_playwright() as p:
             if "start" in parts:
                 print("1. Start run -> first point in the browser", flush=True)
-                start = bench_start(p, tmp, warm_n, cold_n)
+                start = part("start", lambda: bench_start(p, tmp, warm_n, cold_n, wandb=args.wandb))
             if "redraw" in parts:
                 print("2. Live redraw cost per run size", flush=True)
                 runs_dir = (tmp / "redraw" / "runs").resolve()
                 runs_dir.mkdir(parents=True)
-                redraw = bench_redraw_server(runs_dir, sizes, redraw_n)
-                if not args.no_websocket:
-                    bench_redraw_browser(p, tmp, runs_dir, redraw, ws_s)
+                redraw = part("redraw", lambda: bench_redraw_server(runs_dir, sizes, redraw_n))
+                if redraw and not args.no_websocket:
+                    part("websocket", lambda: bench_redraw_browser(p, tmp, runs_dir, redraw, ws_s))
             if "home" in parts:
                 print("3. Home page ready vs a bare Streamlit page", flush=True)
-                home = bench_home(p, tmp, home_n)
+                home = part("home", lambda: bench_home(p, tmp, home_n))
     finally:
-        if not args.keep:
+        if not args.keep and not errors:
             shutil.rmtree(tmp, ignore_errors=True)
 
     rows = []
@@ -529,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, goal in (("warm", GOALS["start_warm"]), ("cold", GOALS["start_cold"])):
             v = statistics.median(start[kind]) if start[kind] else None
             spread = f"{min(start[kind]):.2f}-{max(start[kind]):.2f} s, n={len(start[kind])}" if start[kind] else ""
-            rows.append((f"Start run -> first point ({kind})", f"{v:.2f} s" if v is not None else "n/a", spread, f"<= {goal:g} s", verdict(v, goal)))
+            rows.append((f"Start run -> first point ({kind}, W&B {args.wandb})", f"{v:.2f} s" if v is not None else "n/a", spread, f"<= {goal:g} s", verdict(v, goal)))
     if redraw:
         for n, r in redraw.items():
             ws = r.get("ws_bytes_per_redraw")
@@ -537,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             if ws is not None:
                 detail += f"; websocket {ws / 1e3:.1f} kB/redraw"
             rows.append((f"Redraw {n:,} steps: server time", f"{1e3 * r['redraw_s']:.1f} ms", f"first read {r['first_poll_s']:.2f} s", "", ""))
-            worst = max(r["payload"], ws or 0)
+            worst = max(r["payload"], r.get("ws_max_redraw") or 0)
             rows.append((f"Redraw {n:,} steps: payload", f"{r['payload'] / 1e3:.1f} kB", detail, "<= 2 MB", verdict(worst, GOALS["payload"])))
     if home:
         a, b = statistics.median(home["app"]), statistics.median(home["bare"])
@@ -549,9 +630,12 @@ def main(argv: list[str] | None = None) -> int:
     if start and start["notes"]:
         print("notes: " + "; ".join(start["notes"]))
     if start:
-        print("cold = first start on a fresh server (the app has no switch to turn the warm worker off).")
+        print("warm = the launcher's spare worker had finished importing torch and Lightning; cold = the server ran with the spare\n"
+              "worker turned off (Launcher's warm default patched to False in the server process: the app has no switch for it).")
+    for e in errors:
+        print(f"FAILED {e} (server logs kept in {tmp})")
     print(f"total {time.perf_counter() - t_all:.0f} s")
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ st.dataframe(
     hide_index=True,
     width="stretch",
     column_config={
-        "final_loss_scale": st.column_config.NumberColumn("final loss scale", format="%.4g"),
+        "final_loss_scale": st.column_config.NumberColumn("final loss scale", format="%.6g"),
         "final_loss": st.column_config.NumberColumn("final loss", format="%.4f"),
         "max_steps": st.column_config.NumberColumn("of steps"),
     },
@@ -40,7 +40,7 @@ if given is not None and given not in by_id:
 
 def label(run_id: str) -> str:
     r = by_id[run_id]
-    return f"{run_id} · {r.precision} · {r.state}"
+    return f"{run_id} · {r.precision}"
 
 
 selected = st.selectbox("Open a run", list(by_id), format_func=label, key="run", bind="query-params")
@@ -134,11 +134,12 @@ with st.expander("Configuration and status"):
     st.json({"config": run.config, "status": {k: v for k, v in run.status.items() if k != "traceback"}}, expanded=False)
 
 c1, c2, c3 = st.columns(3)
-c1.download_button("Metrics CSV", lambda: metrics_csv(run), file_name=f"{selected}.csv", mime="text/csv")
-c2.download_button("Record JSON", lambda: metrics_json(run), file_name=f"{selected}.json", mime="application/json")
+c1.download_button("Metrics CSV", lambda: metrics_csv(run), file_name=f"{selected}.csv", mime="text/csv", on_click="ignore")
+c2.download_button("Record JSON", lambda: metrics_json(run), file_name=f"{selected}.json", mime="application/json", on_click="ignore")
 c3.download_button(
     "Loss-scale chart HTML",
     lambda: charts.figure_html(charts.loss_scale_figure([(i, by_id[i].metrics) for i in [selected, *overlay]])),
     file_name=f"{selected}-loss-scale.html",
     mime="text/html",
+    on_click="ignore",
 )

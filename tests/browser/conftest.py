@@ -26,6 +26,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # the tests read and write run records with amp_core
+    sys.path.insert(0, str(REPO))
 CHROMIUM = os.environ.get("AMP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -102,7 +104,7 @@ def _worker_pids(runs_dir: Path) -> list[int]:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
-            if b"amp_core.worker" not in cmdline:
+            if b"\0-m\0amp_core.worker\0" not in cmdline:  # python -m amp_core.worker
                 continue
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:  # gone, or not ours to read
@@ -224,15 +226,23 @@ def browser():
 
 
 @pytest.fixture
-def new_page(browser):
+def new_page(browser, request, shots_dir):
     """new_page() -> a page in a fresh browser context (one simulated user); closed after the test."""
     contexts = []
+    request.node._amp_pages = pages = []
+    request.node._amp_shots = shots_dir
 
     def make(viewport: dict | None = None):
         context = browser.new_context(viewport=viewport or {"width": 1400, "height": 1000})
         context.set_default_timeout(PAGE_S * 1000)
         contexts.append(context)
-        return context.new_page()
+        page = context.new_page()
+        page._amp_events = events = []  # what the browser said, for the failure report
+        page.on("crash", lambda *_: events.append("the page crashed"))
+        page.on("pageerror", lambda e: events.append(f"page error: {e}"))
+        page.on("console", lambda m: events.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        pages.append(page)
+        return page
 
     yield make
     for c in contexts:
@@ -258,6 +268,19 @@ def pytest_runtest_makereport(item, call):
         server = item.funcargs.get("app_server")
         if server is not None:
             report.sections.append(("streamlit server log (tail)", server.log_tail()))
+        shots = getattr(item, "_amp_shots", None)
+        for i, page in enumerate(getattr(item, "_amp_pages", [])):
+            events = getattr(page, "_amp_events", [])
+            if events:
+                report.sections.append((f"page {i}: browser events", "\n".join(events[-40:])[-6000:]))
+            try:  # what each simulated user saw when the test failed
+                name = f"FAILED-{item.name}-{i}".replace("/", "_")
+                if shots is not None:
+                    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+                text = page.locator("[data-testid='stMain']").inner_text(timeout=2000)
+                report.sections.append((f"page {i} ({page.url})", text[-3000:]))
+            except Exception as e:
+                report.sections.append((f"page {i} ({page.url})", f"no page text: {type(e).__name__}"))
 
 
 # -- page helpers --------------------------------------------------------------------------------
@@ -328,13 +351,28 @@ def read_status(runs_dir: Path, run_id: str) -> dict:
 
 
 def url_params(page) -> dict[str, list[str]]:
-    return parse_qs(urlparse(page.url).query, keep_blank_values=True)
+    # Asked from the page: `page.url` is only refreshed while Playwright handles events, and a
+    # polling loop that sleeps between checks would keep reading a stale address.
+    return parse_qs(urlparse(page.evaluate("() => location.href")).query, keep_blank_values=True)
 
 
-def screenshot(page, shots: Path, name: str) -> Path:
-    """A full-page PNG for people to look at (never compared)."""
+def screenshot(page, shots: Path, name: str, max_height: int = 6000) -> Path:
+    """A PNG of the whole page for people to look at (never compared).
+
+    Streamlit scrolls inside its main container, so a "full page" screenshot would stop at the
+    window: the window is made as tall as the content for the shot, then put back."""
     path = shots / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    size = page.viewport_size or {"width": 1400, "height": 1000}
+    height = page.evaluate(
+        "() => Math.max(...Array.from(document.querySelectorAll(\"[data-testid='stMain'], [data-testid='stAppViewContainer'] section\"))"
+        ".map(e => e.scrollHeight), document.body.scrollHeight)"
+    )
+    try:
+        page.set_viewport_size({"width": size["width"], "height": min(max_height, max(size["height"], int(height)))})
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(path))
+    finally:
+        page.set_viewport_size(size)
     return path
 
 

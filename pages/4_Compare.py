@@ -1,0 +1,115 @@
+"""Compare: the same model, data and seed under several precisions, side by side."""
+
+import pandas as pd
+import streamlit as st
+
+import ui_common
+from amp_core import compare
+from amp_core.runs import ACTIVE_STATES, FINAL_STATES
+from amp_core.train import ConfigError
+
+st.set_page_config(page_title="Compare · AMP Explorer", page_icon="⚖️", layout="wide")
+st.title("Compare precisions")
+st.caption(
+    "One run per precision, the same model, data and seed, one after another on the same device. Each is a normal run "
+    "(replay it on the Runs page); its median step time (after a warm-up) and peak memory are measured in its own process. "
+    "A small model is overhead-bound and AMP cannot help it; widen it, or raise the batch, and watch the speedup appear."
+)
+
+launcher = ui_common.launcher()
+on_cuda = bool(launcher.cuda_devices)
+options = compare.default_variants(True) + ["16-true", "bf16-true"]
+# Starting sizes: on a GPU big enough for the matmuls to matter; on a CPU small enough that emulated fp16 ends soon.
+start_with = {True: dict(steps=100, batch=1024, hidden=4096, depth=4), False: dict(steps=50, batch=128, hidden=512, depth=4)}[on_cuda]
+
+with st.form("compare"):
+    variants = st.multiselect("Precisions", options, default=compare.default_variants(on_cuda),
+                              help=f"{compare.BASELINE} always runs: it is the baseline. {compare.TF32} (fp32 with TF32 matmuls) needs a CUDA GPU.")
+    c1, c2, c3, c4 = st.columns(4)
+    steps = c1.number_input("Steps", min_value=1, max_value=100_000, value=start_with["steps"], step=10)
+    batch_size = c2.number_input("Batch size", min_value=1, max_value=65536, value=start_with["batch"])
+    hidden = c3.number_input("Hidden width", min_value=1, max_value=65536, value=start_with["hidden"], help="128: overhead-bound; 4096 and more: matmul-bound")
+    depth = c4.number_input("Hidden layers", min_value=1, max_value=64, value=start_with["depth"])
+    if not on_cuda:
+        st.caption("On a CPU without fp16 units, 16-mixed is emulated: at widths of 1024 and more each of its steps can take "
+                   "tens of times longer than 32-true's. bf16-mixed is the CPU's AMP.")
+    start = st.form_submit_button("Run comparison", type="primary")
+
+if start:
+    try:
+        configs = compare.plan(variants, on_cuda=on_cuda, max_steps=int(steps), batch_size=int(batch_size), hidden=int(hidden), depth=int(depth))
+        for config in configs:
+            launcher.submit(config)  # queued in order; the launcher runs one per device at a time
+    except (ConfigError, ValueError) as e:
+        st.error(f"Cannot start this comparison: {e}")
+    else:
+        st.session_state["group"] = configs[0].compare_group
+
+groups = {g["group"]: g for g in compare.list_groups(ui_common.runs_dir())}
+given = st.query_params.get("group")
+if given is not None and given not in groups:
+    st.warning("The comparison named in the link is not in this runs directory; it was ignored.")
+    del st.query_params["group"]
+if not groups:
+    st.info("No comparison yet: choose the precisions and the model size, and press **Run comparison**.")
+    st.stop()
+
+# The group id itself is the option (not a longer label): a bound selectbox puts its option text in the link.
+group = st.selectbox("Comparison", list(groups), key="group", bind="query-params", help="Newest first; the link names the one shown.")
+st.caption(f"{', '.join(groups[group]['variants'])} · {groups[group]['settings']} · started {groups[group]['created_at'][:19].replace('T', ' ')} UTC")
+live = any(s not in FINAL_STATES for s in groups[group]["states"])
+
+
+@st.fragment(run_every=ui_common.LIVE_EVERY_S if live else None)
+def progress_and_table() -> None:
+    summary = compare.summarize_group(compare.group_runs(ui_common.runs_dir(), group))
+    rows = summary["rows"]
+    if not summary["complete"]:
+        done = sum(r["state"] in FINAL_STATES for r in rows)
+        now = ", ".join(f"{r['variant']} {ui_common.STATE_BADGES.get(r['state'], r['state'])} (step {r['steps']})" for r in rows if r["state"] in ACTIVE_STATES)
+        st.progress(done / max(1, len(rows)), text=f"{done} of {len(rows)} runs done · {now}")
+        if st.button("Stop comparison"):
+            st.toast("; ".join(f"{r['variant']}: {launcher.stop(r['run_id'])}" for r in rows if r["state"] in ACTIVE_STATES))
+    table = pd.DataFrame(rows).assign(peak_share=[compare.peak_label(r) for r in rows])
+    st.dataframe(
+        table[["variant", "state", "median_step_ms", "steps_per_s", "samples_per_s", "tflops", "peak_share", "memory_mib",
+                            "final_loss", "loss_diff", "skipped_steps", "speedup", "memory_ratio", "verdict", "run_id"]],
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "median_step_ms": st.column_config.NumberColumn("step ms (median)", format="%.2f"),
+            "steps_per_s": st.column_config.NumberColumn("steps/s", format="%.3g"),
+            "samples_per_s": st.column_config.NumberColumn("samples/s", format="%.0f"),
+            "tflops": st.column_config.NumberColumn("matmul TFLOP/s", format="%.3g"),
+            "peak_share": st.column_config.TextColumn("of GPU peak", help="achieved matmul TFLOP/s over the GPU's dense peak for the dtype; n/a on a CPU or an unknown GPU"),
+            "memory_mib": st.column_config.NumberColumn(f"peak MiB ({summary['memory_kind']})", format="%.0f"),
+            "final_loss": st.column_config.NumberColumn("final loss", format="%.4f"),
+            "loss_diff": st.column_config.NumberColumn("loss diff", format="%+.4f"),
+            "skipped_steps": st.column_config.NumberColumn("skipped"),
+            "speedup": st.column_config.NumberColumn("speedup", format="%.2fx"),
+            "memory_ratio": st.column_config.NumberColumn("memory", format="%.2fx"),
+        },
+    )
+    if live and summary["complete"]:
+        st.rerun(scope="app")  # all runs ended: draw the charts once, without the timer
+
+
+progress_and_table()
+if live:
+    st.stop()
+
+summary = compare.summarize_group(compare.group_runs(ui_common.runs_dir(), group))
+t = summary["targets"]
+st.caption(f"Targets against {summary['baseline']}: speedup ≥ {t['speedup']}x, memory reduction ≥ {t['memory_reduction']:.0%}, "
+           f"|loss diff| < {t['loss_diff']}. Verdict per run: "
+           + "; ".join(f"**{r['variant']}** {r['verdict']}" for r in summary["rows"] if r["verdict"] != "baseline"))
+if summary["notes"]:
+    st.info("\n".join(f"- {note}" for note in summary["notes"]))
+c1, c2 = st.columns(2)
+c1.plotly_chart(compare.bar_figure(summary, "median_step_ms"), key="cmp-step")
+c2.plotly_chart(compare.bar_figure(summary, "tflops"), key="cmp-tflops")
+c1.plotly_chart(compare.bar_figure(summary, "memory_mib"), key="cmp-memory")
+c2.plotly_chart(compare.ratio_figure(summary), key="cmp-ratio")
+runs = compare.group_runs(ui_common.runs_dir(), group)
+st.plotly_chart(compare.loss_figure(runs), key="cmp-loss")
+st.caption("Open each run on the Runs page: " + ", ".join(f"[{compare.variant_of(r)}](/Runs?run={r.id})" for r in runs))

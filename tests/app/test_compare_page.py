@@ -1,0 +1,155 @@
+"""The Compare page through Streamlit's AppTest, against comparisons the real engine recorded."""
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from amp_core import compare, worker
+from amp_core.runs import FINAL_STATES, list_runs, load_run
+from amp_core.train import run
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 120
+PAGE = "pages/4_Compare.py"
+
+
+@pytest.fixture
+def app_env(runs_dir):
+    """A clean runs dir per test; the process-wide launcher and cached resources go with it."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    yield runs_dir
+    st.cache_resource.clear()
+    for key, launcher in list(worker._launchers.items()):
+        launcher.close(stop_runs=True)
+        worker._launchers.pop(key, None)
+
+
+def page() -> AppTest:
+    return AppTest.from_file(str(ROOT / PAGE), default_timeout=TIMEOUT)
+
+
+def _decode(value):
+    """Plotly sends NumPy arrays as base64 typed arrays ({'dtype', 'bdata'}): turn them back."""
+    if isinstance(value, dict):
+        if "bdata" in value and "dtype" in value:
+            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def figures(at: AppTest) -> list:
+    return [go.Figure(_decode(json.loads(el.proto.spec))) for el in at.get("plotly_chart")]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """Two comparisons written by the engine in this process: three precisions, and an older pair."""
+    d = tmp_path_factory.mktemp("compared")
+    groups = {}
+    for name, variants, hidden in (("pair", ["bf16-mixed"], 16), ("three", ["16-mixed", "bf16-mixed"], 32)):
+        configs = compare.plan(variants, on_cuda=False, max_steps=20, hidden=hidden, depth=1, batch_size=16, runs_dir=str(d))
+        for config in configs:
+            run(config)
+        groups[name] = configs[0].compare_group
+    return d, groups
+
+
+def test_page_without_comparisons(app_env):
+    at = page().run()
+    assert not at.exception
+    assert any("No comparison yet" in i.value for i in at.info)
+    assert at.multiselect[0].value == ["32-true", "16-mixed", "bf16-mixed"]  # no CUDA here: no TF32 by default
+
+
+def test_selecting_a_comparison_shows_its_table_and_charts(app_env, recorded, monkeypatch):
+    d, groups = recorded
+    monkeypatch.setenv("AMP_RUNS_DIR", str(d))
+    at = page().run()
+    assert not at.exception
+    assert at.selectbox(key="group").value == groups["three"]  # the newest first
+    at.selectbox(key="group").select(groups["pair"]).run()
+    assert list(at.dataframe[0].value["variant"]) == ["32-true", "bf16-mixed"]
+    at.selectbox(key="group").select(groups["three"]).run()
+    assert not at.exception
+
+    summary = compare.summarize_group(compare.group_runs(d, groups["three"]))
+    variants = ["32-true", "16-mixed", "bf16-mixed"]
+    table = at.dataframe[0].value
+    assert list(table["variant"]) == variants and set(table["state"]) == {"completed"}
+    for column in ("median_step_ms", "memory_mib", "speedup", "memory_ratio", "final_loss", "loss_diff", "skipped_steps"):
+        np.testing.assert_allclose(table[column].to_numpy(dtype=float), [r[column] for r in summary["rows"]])
+    assert list(table["verdict"]) == [r["verdict"] for r in summary["rows"]]
+
+    by_title = {f.layout.title.text.split(" (")[0]: f for f in figures(at)}
+    step, tflops, memory, ratio, loss = (by_title[t] for t in ("Median step time", "Achieved matmul throughput", "Peak memory", "Against 32-true", "Training loss"))
+    for fig, key in ((step, "median_step_ms"), (tflops, "tflops"), (memory, "memory_mib")):
+        assert [t.type for t in fig.data] == ["bar"]
+        assert list(fig.data[0].x) == variants
+        np.testing.assert_allclose(np.asarray(fig.data[0].y), [r[key] for r in summary["rows"]])
+    assert "process peak RSS" in memory.layout.title.text
+    assert [t.name.split(" ")[0] for t in ratio.data] == ["speedup", "memory"]
+    np.testing.assert_allclose(np.asarray(ratio.data[0].y), [r["speedup"] for r in summary["rows"]])
+    assert [t.name for t in loss.data] == variants
+    for trace, r in zip(loss.data, compare.group_runs(d, groups["three"])):
+        np.testing.assert_array_equal(np.asarray(trace.y), r.metrics.loss)
+    notes = " ".join(i.value for i in at.info)
+    assert "no fp16 arithmetic units" in notes or "fp16 units" in notes
+    assert "peak RSS" in notes
+
+
+def test_a_link_to_a_comparison_and_a_hostile_one(app_env, recorded, monkeypatch):
+    d, groups = recorded
+    monkeypatch.setenv("AMP_RUNS_DIR", str(d))
+    at = page()
+    at.query_params["group"] = groups["pair"]
+    at.run()
+    assert not at.exception and list(at.dataframe[0].value["variant"]) == ["32-true", "bf16-mixed"]
+
+    at = page()
+    at.query_params["group"] = "../../etc"
+    at.run()
+    assert not at.exception
+    assert any("not in this runs directory" in w.value for w in at.warning)
+    assert list(at.dataframe[0].value["variant"]) == ["32-true", "16-mixed", "bf16-mixed"]
+
+
+def test_tf32_without_cuda_is_a_message(app_env):
+    at = page().run()
+    at.multiselect[0].select(compare.TF32)
+    next(b for b in at.button if b.label == "Run comparison").click()
+    at.run()
+    assert not at.exception
+    assert any("needs a CUDA GPU" in e.value for e in at.error)
+    assert list_runs(app_env) == []
+
+
+def test_run_comparison_queues_timed_runs_through_the_launcher(app_env):
+    at = page().run()
+    for label, value in (("Steps", 12), ("Batch size", 8), ("Hidden width", 8), ("Hidden layers", 1)):
+        next(n for n in at.number_input if n.label == label).set_value(value)
+    at.multiselect[0].set_value(["32-true", "bf16-mixed"])
+    next(b for b in at.button if b.label == "Run comparison").click()
+    at.run()
+    assert not at.exception
+    runs = list_runs(app_env)
+    assert sorted(r.precision for r in runs) == ["32-true", "bf16-mixed"]
+    assert len({r.config["compare_group"] for r in runs}) == 1 and all(r.config["time_steps"] for r in runs)
+    assert at.selectbox(key="group").value == runs[0].config["compare_group"]
+    deadline = time.monotonic() + 240
+    while not all(load_run(r.path).state in FINAL_STATES for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [load_run(r.path).state for r in runs] == ["completed", "completed"]
+    at.run()  # run_every does not tick in AppTest: rerun by hand
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["variant"]) == ["32-true", "bf16-mixed"] and table["median_step_ms"].notna().all()  # timed in the worker
+    assert len(figures(at)) == 5
