@@ -275,7 +275,7 @@ def test_long_run_watched_live_elsewhere_then_stopped(app_server, new_page, ui, 
     row = ui.wait_until(lambda: next((r for r in table.inner_text().splitlines() if run_id in r), None), ui.PAGE_S,
                         message=f"{run_id} in the runs table")  # fmt: skip
     assert "stopped" in row, row
-    assert combobox_value(listing, "Open a run") == f"{run_id} · 16-mixed · stopped"  # newest first
+    assert combobox_value(listing, "Open a run") == f"{run_id} · 16-mixed"  # newest first
 
 
 # -- Runs: replay and downloads of a finished record ---------------------------------------------------
