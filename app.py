@@ -1,8 +1,8 @@
 """AMP Explorer: the home page. Fast by design: no torch and no Lightning in this script."""
 
+import ui_common  # first: it does the heavy imports once (see there)
 import streamlit as st
 
-import ui_common
 from amp_core.hardware import summary_lines
 
 st.set_page_config(page_title="AMP Explorer", page_icon="⚡", layout="wide")

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# NumPy and Plotly are imported here, before any thread imports torch: a lazy import racing
-# Plotly's own NumPy import has broken the server before ("partially initialized module").
+# Every page imports this module first. Python runs a module's body once, under its module lock,
+# so the heavy imports below happen in one thread: sessions importing NumPy, pandas or Plotly at the
+# same time on a fresh server have broken it ("partially initialized module 'pandas'").
 import numpy as np  # noqa: F401
+import pandas  # noqa: F401
 import plotly  # noqa: F401
+import plotly.graph_objects  # noqa: F401
 import streamlit as st
 
 from amp_core import charts

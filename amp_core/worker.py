@@ -374,6 +374,11 @@ def _serve() -> int:
     device = job["device"]
     # Before anything touches CUDA: this process sees only its own GPU (none for a CPU run).
     os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1] if device.startswith("cuda") else ""
+    if device == "cpu":
+        import torch
+
+        # Leave a core to the server: a CPU run on every core starves the app that shows it.
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     config = train.RunConfig(**job["config"])
     writer = RunWriter.open(job["run_dir"])
     try:

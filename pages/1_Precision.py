@@ -1,5 +1,6 @@
 """Precision: the four toggles -> the project's rule -> what Lightning really does with it."""
 
+import ui_common  # first: it does the heavy imports once (see there)  # noqa: F401
 import pandas as pd
 import streamlit as st
 

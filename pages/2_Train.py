@@ -1,8 +1,8 @@
 """Train: a short run in a child process, its loss scale drawn live."""
 
+import ui_common  # first: it does the heavy imports once (see there)
 import streamlit as st
 
-import ui_common
 from amp_core.precision import lightning_precision_values
 from amp_core.runs import ACTIVE_STATES, load_run, run_path
 from amp_core.train import ConfigError, RunConfig

@@ -1,9 +1,9 @@
 """Runs: every recorded run; replay, overlay and export; runs still going are shown live."""
 
+import ui_common  # first: it does the heavy imports once (see there)
 import pandas as pd
 import streamlit as st
 
-import ui_common
 from amp_core import charts
 from amp_core.advice import advise
 from amp_core.gradients import scale_at, shares

@@ -1,9 +1,9 @@
 """Compare: the same model, data and seed under several precisions, side by side."""
 
+import ui_common  # first: it does the heavy imports once (see there)
 import pandas as pd
 import streamlit as st
 
-import ui_common
 from amp_core import compare
 from amp_core.runs import ACTIVE_STATES, FINAL_STATES
 from amp_core.train import ConfigError

@@ -1,5 +1,6 @@
 """Formats: what fp32, tf32, fp16, bf16 and fp8 can hold, measured with torch, and where a gradient lands."""
 
+import ui_common  # first: it does the heavy imports once (see there)  # noqa: F401
 import math
 import sys
 

@@ -1,6 +1,5 @@
 """Multi-process runs through Lightning's own DDP launcher, on CPU with gloo."""
 
-import json
 import os
 import subprocess
 import sys

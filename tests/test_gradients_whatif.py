@@ -15,7 +15,6 @@ from amp_core.scaler_policies import (
     OverflowModel,
     TorchGradScalerPolicy,
     overflow_model_for,
-    replay,
     replay_own_policy,
 )
 from amp_core.train import RunConfig, run

@@ -1,14 +1,10 @@
 """Every page through Streamlit's AppTest, against run records the real engine wrote."""
 
-import base64
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from amp_core import worker
@@ -19,35 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120
 
 
-@pytest.fixture
-def app_env(runs_dir):
-    """A clean runs dir per test; the process-wide launcher and cached resources go with it."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    yield runs_dir
-    st.cache_resource.clear()
-    for key, launcher in list(worker._launchers.items()):
-        launcher.close(stop_runs=True)
-        worker._launchers.pop(key, None)
 
 
 def page(name: str) -> AppTest:
     return AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT)
 
 
-def _decode(value):
-    """Plotly sends NumPy arrays as base64 typed arrays ({'dtype', 'bdata'}): turn them back."""
-    if isinstance(value, dict):
-        if "bdata" in value and "dtype" in value:
-            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
 
 
-def figures(at: AppTest) -> list:
-    """Plotly charts come back as UnknownElement: rebuild the figures from their spec."""
-    return [go.Figure(_decode(json.loads(el.proto.spec))) for el in at.get("plotly_chart")]
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +122,7 @@ def test_precision_truth_table(app_env):
     assert set(full["final"]) >= {"bf16-mixed", "16-mixed", "32-true"}
 
 
-def test_runs_page_lists_and_replays_an_engine_run(app_env, recorded_fp16, monkeypatch):
+def test_runs_page_lists_and_replays_an_engine_run(app_env, recorded_fp16, monkeypatch, figures):
     d, run_id = recorded_fp16
     monkeypatch.setenv("AMP_RUNS_DIR", str(d))
     at = page("pages/3_Runs.py").run()
@@ -190,7 +165,7 @@ def test_runs_page_survives_damage_and_bad_links(app_env, recorded_fp16, monkeyp
     assert any("damaged" in w.value for w in at.warning)
 
 
-def test_train_start_run_records_and_completes(app_env):
+def test_train_start_run_records_and_completes(app_env, figures):
     at = page("pages/2_Train.py").run()
     assert not at.exception
     assert any("No run yet" in i.value for i in at.info)

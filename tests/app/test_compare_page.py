@@ -1,17 +1,13 @@
 """The Compare page through Streamlit's AppTest, against comparisons the real engine recorded."""
 
-import base64
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from amp_core import compare, worker
+from amp_core import compare
 from amp_core.runs import FINAL_STATES, list_runs, load_run
 from amp_core.train import run
 
@@ -20,34 +16,14 @@ TIMEOUT = 120
 PAGE = "pages/4_Compare.py"
 
 
-@pytest.fixture
-def app_env(runs_dir):
-    """A clean runs dir per test; the process-wide launcher and cached resources go with it."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    yield runs_dir
-    st.cache_resource.clear()
-    for key, launcher in list(worker._launchers.items()):
-        launcher.close(stop_runs=True)
-        worker._launchers.pop(key, None)
 
 
 def page() -> AppTest:
     return AppTest.from_file(str(ROOT / PAGE), default_timeout=TIMEOUT)
 
 
-def _decode(value):
-    """Plotly sends NumPy arrays as base64 typed arrays ({'dtype', 'bdata'}): turn them back."""
-    if isinstance(value, dict):
-        if "bdata" in value and "dtype" in value:
-            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
 
 
-def figures(at: AppTest) -> list:
-    return [go.Figure(_decode(json.loads(el.proto.spec))) for el in at.get("plotly_chart")]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +46,7 @@ def test_page_without_comparisons(app_env):
     assert at.multiselect[0].value == ["32-true", "16-mixed", "bf16-mixed"]  # no CUDA here: no TF32 by default
 
 
-def test_selecting_a_comparison_shows_its_table_and_charts(app_env, recorded, monkeypatch):
+def test_selecting_a_comparison_shows_its_table_and_charts(app_env, recorded, monkeypatch, figures):
     d, groups = recorded
     monkeypatch.setenv("AMP_RUNS_DIR", str(d))
     at = page().run()
@@ -132,7 +108,7 @@ def test_tf32_without_cuda_is_a_message(app_env):
     assert list_runs(app_env) == []
 
 
-def test_run_comparison_queues_timed_runs_through_the_launcher(app_env):
+def test_run_comparison_queues_timed_runs_through_the_launcher(app_env, figures):
     at = page().run()
     for label, value in (("Steps", 12), ("Batch size", 8), ("Hidden width", 8), ("Hidden layers", 1)):
         next(n for n in at.number_input if n.label == label).set_value(value)

@@ -1,13 +1,9 @@
 """The Formats page through Streamlit's AppTest: real torch casts behind every table and the chart."""
 
-import base64
-import json
 import math
 from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from amp_core.formats import formats
@@ -16,30 +12,12 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMES = [f.name for f in formats()]
 
 
-@pytest.fixture
-def app_env(runs_dir):
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    return runs_dir
 
 
 def page() -> AppTest:
     return AppTest.from_file(str(ROOT / "pages/5_Formats.py"), default_timeout=60)
 
 
-def _decode(value):
-    """Plotly sends NumPy arrays as base64 typed arrays ({'dtype', 'bdata'}): turn them back."""
-    if isinstance(value, dict):
-        if "bdata" in value and "dtype" in value:
-            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
-def figure(at: AppTest) -> go.Figure:
-    (chart,) = at.get("plotly_chart")
-    return go.Figure(_decode(json.loads(chart.proto.spec)))
 
 
 def verdicts(at: AppTest) -> dict:
@@ -69,7 +47,7 @@ def test_value_70000_overflows_fp16(app_env):
     assert results["fp16"] == math.inf and results["bf16"] == 70144.0
 
 
-def test_link_restores_the_inputs(app_env):
+def test_link_restores_the_inputs(app_env, figures):
     at = page()
     at.query_params["value"] = "1e-6"
     at.query_params["gradient"] = "1e-9"
@@ -78,7 +56,7 @@ def test_link_restores_the_inputs(app_env):
     assert not at.exception and not at.warning
     assert at.number_input(key="value").value == 1e-6
     assert verdicts(at)["fp16"] == "subnormal"
-    gradient, scaled = figure(at).data[len(NAMES):]
+    gradient, scaled = figures(at)[0].data[len(NAMES):]
     assert set(gradient.x) == {math.log2(1e-9)} and set(scaled.x) == {math.log2(1e-9 * 2**20)}
 
 
@@ -97,9 +75,9 @@ def test_hostile_link_is_ignored_with_a_notice(app_env):
     assert not at.exception and not at.warning
 
 
-def test_number_line_has_a_bar_per_format_and_two_markers(app_env):
+def test_number_line_has_a_bar_per_format_and_two_markers(app_env, figures):
     at = page().run()
-    fig = figure(at)
+    fig = figures(at)[0]
     bars, markers = fig.data[: len(NAMES)], fig.data[len(NAMES):]
     assert [b.type for b in bars] == ["bar"] * len(NAMES) and [b.y[0] for b in bars] == NAMES
     assert [m.type for m in markers] == ["scatter", "scatter"]

@@ -287,7 +287,7 @@ def test_runs_page_replays_and_exports_a_record(app_server, new_page, ui, shots_
     page = new_page()
     ui.open_page(page, app_server, f"/Runs?run={run_id}")
     ui.assert_no_exception(page)
-    assert combobox_value(page, "Open a run") == f"{run_id} · 16-mixed · completed"
+    assert combobox_value(page, "Open a run") == f"{run_id} · 16-mixed"
 
     ui.wait_until(lambda: ui.loss_points(page) == steps, ui.PAGE_S, message=f"the loss chart with {steps} points")
     run = load_run(app_server.runs_dir / run_id)
