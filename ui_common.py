@@ -5,6 +5,7 @@ Logic lives in amp_core; this module only lays out what it returns.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 # Every page imports this module first. Python runs a module's body once, under its module lock,
@@ -21,6 +22,7 @@ from amp_core.runs import FINAL_STATES, RunFollower, RunRecordError, default_run
 
 LIVE_EVERY_S = 1.0
 FIRST_POINT_EVERY_S = 0.25
+FIRST_POINT_HOLD_S = 2.0  # the first points stay on screen this long before the page switches to the 1 s timer
 
 
 def runs_dir() -> Path:
@@ -102,6 +104,14 @@ def run_charts(series: list[tuple[str, object]], key: str, injected=()) -> None:
         st.plotly_chart(charts.grad_norm_figure(series), key=f"{key}-grad")
 
 
+def _first_point_shown_for(run_id: str, key: str, points: int) -> float:
+    """Seconds since this view first drew a point of the run (0 before that)."""
+    if not points:
+        return 0.0
+    since = st.session_state.setdefault(f"first-point:{key}:{run_id}", time.monotonic())
+    return time.monotonic() - since
+
+
 def live_run(run_id: str, key: str, paused: bool = False) -> None:
     """Progress and charts of one run, redrawn every second while it is queued or training."""
     f = follower(run_id)
@@ -116,7 +126,7 @@ def live_run(run_id: str, key: str, paused: bool = False) -> None:
         f.poll()
         _progress(f)
         run_charts([(run_id, f.metrics)], key, injected=f.config.get("inject_overflow") or ())
-        if live and (f.state in FINAL_STATES or (waiting and len(f.metrics))):
-            st.rerun(scope="app")  # the run ended, or its first point came: redraw the page with the right timer
+        if live and (f.state in FINAL_STATES or (waiting and _first_point_shown_for(run_id, key, len(f.metrics)) > FIRST_POINT_HOLD_S)):
+            st.rerun(scope="app")  # the run ended, or its first points are on screen: redraw the page with the right timer
 
     view()
