@@ -20,7 +20,6 @@ import os
 import re
 import secrets
 import socket
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -521,16 +520,6 @@ def summarize(run: Run) -> dict:
         "created_at": status.get("created_at") or run.config.get("created_at"),
         "problems": "; ".join(run.problems),
     }
-
-
-def wait_for_state(path: str | os.PathLike, states: tuple[str, ...], timeout: float) -> str:
-    """Poll a run's status until it is in one of `states` (for scripts and tests)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = load_run(path).state
-        if state in states or time.monotonic() > deadline:
-            return state
-        time.sleep(0.05)
 
 
 def metrics_csv(run: Run) -> str:

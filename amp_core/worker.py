@@ -29,7 +29,6 @@ from typing import Any
 from amp_core.runs import (
     STATUS_FILE,
     RunWriter,
-    effective_state,
     list_runs,
     load_run,
     queued_runs,
@@ -375,8 +374,6 @@ def _serve() -> int:
     # Before anything touches CUDA: this process sees only its own GPU (none for a CPU run).
     os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":")[1] if device.startswith("cuda") else ""
     if device == "cpu":
-        import torch
-
         # Leave a core to the server: a CPU run on every core starves the app that shows it.
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     config = train.RunConfig(**job["config"])
@@ -387,9 +384,6 @@ def _serve() -> int:
         return 1  # already recorded as failed by train.run
     return 0
 
-
-def effective_states(runs_dir: str | os.PathLike) -> dict[str, str]:
-    return {r.id: effective_state(r.status) for r in list_runs(runs_dir)}
 
 
 if __name__ == "__main__":
