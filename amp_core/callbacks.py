@@ -139,6 +139,7 @@ class LossScaleMonitor(Callback):
         histogram_every: steps between gradient histograms; None for none.
     """
 
+    KEYS = ("amp/loss", "amp/loss_scale", "amp/skipped", "amp/grad_norm", "amp/grad_max", "amp/growth_tracker")
     # Bin k of a histogram counts |g| in [2**(LOG2_LO + k), 2**(LOG2_LO + k + 1)); the first bin also
     # takes everything smaller, zeros included (they are counted apart as well).
     LOG2_LO, LOG2_HI = -64, 32
