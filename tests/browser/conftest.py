@@ -57,6 +57,13 @@ TRACE_LENGTHS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plo
     if (x._inputArray && typeof x._inputArray.length === 'number') return x._inputArray.length;
     return 0;
   }))"""
+TRACE_LAST_X_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e =>
+  (e._fullData || e.data || []).map(t => {
+    let x = t.x;
+    if (x && x._inputArray) x = x._inputArray;
+    if (!x || typeof x.length !== 'number' || x.length === 0) return null;
+    return Number(x[x.length - 1]);
+  }))"""
 CHART_TITLES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e => {
   const t = e.layout && e.layout.title;
   const text = typeof t === 'string' ? t : (t && t.text) || '';
@@ -323,12 +330,23 @@ def first_trace_points(page, title: str) -> int:
     return max(counts, default=0)
 
 
+def first_trace_last_x(page, title: str) -> float:
+    """The x (optimizer step) where the first trace of the chart titled `title` ends; 0 while none is drawn."""
+    ends = [traces[0] for t, traces in zip(chart_titles(page), page.evaluate(TRACE_LAST_X_JS)) if t.startswith(title) and traces]
+    return max((x for x in ends if x is not None), default=0)
+
+
 def loss_scale_points(page) -> int:
     return first_trace_points(page, "Loss scale")
 
 
 def loss_points(page) -> int:
     return first_trace_points(page, "Training loss")
+
+
+def loss_scale_reach(page) -> float:
+    """The last step the loss-scale line reaches. Its point count need not grow (change points only)."""
+    return first_trace_last_x(page, "Loss scale")
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.25, message: str = "condition"):
@@ -380,7 +398,7 @@ ui = SimpleNamespace(
     SETTLED=SETTLED, EXCEPTION=EXCEPTION, NAV_LINKS=NAV_LINKS, PAGE_S=PAGE_S, RUN_S=RUN_S,
     settle=settle, open_page=open_page, exception_texts=exception_texts, assert_no_exception=assert_no_exception,
     trace_lengths=trace_lengths, chart_titles=chart_titles, first_trace_points=first_trace_points,
-    loss_scale_points=loss_scale_points, loss_points=loss_points, wait_until=wait_until,
+    loss_scale_points=loss_scale_points, loss_points=loss_points, loss_scale_reach=loss_scale_reach, wait_until=wait_until,
     read_status=read_status, url_params=url_params, screenshot=screenshot,
 )  # fmt: skip
 
