@@ -5,6 +5,7 @@ Logic lives in amp_core; this module only lays out what it returns.
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 
@@ -18,11 +19,13 @@ import plotly.graph_objects  # noqa: F401
 import streamlit as st
 
 from amp_core import charts
-from amp_core.runs import FINAL_STATES, RunFollower, RunRecordError, default_runs_dir, run_path
+from amp_core.live import LiveRegistry, RedrawPacer
+from amp_core.runs import FINAL_STATES, RunRecordError, default_runs_dir, run_path
 
-LIVE_EVERY_S = 1.0
+LIVE_EVERY_S = 1.0  # the fastest live redraw; with many viewers the pacer stretches it
 FIRST_POINT_EVERY_S = 0.25
-FIRST_POINT_HOLD_S = 2.0  # the first points stay on screen this long before the page switches to the 1 s timer
+FIRST_POINT_HOLD_S = 2.0  # the first points stay on screen this long before the page switches to the slower timer
+RETIME_AFTER_S = 10.0  # a session redraws the whole page for a new live interval at most this often
 
 
 def runs_dir() -> Path:
@@ -41,12 +44,10 @@ def launcher():
     return _launcher(str(runs_dir()))
 
 
-def follower(run_id: str) -> RunFollower:
-    """This session's incremental reader of a run (each redraw reads only the new lines)."""
-    key = f"follower:{run_id}"
-    if key not in st.session_state:
-        st.session_state[key] = RunFollower(run_path(runs_dir(), run_id))
-    return st.session_state[key]
+@st.cache_resource(show_spinner=False)
+def live_registry() -> LiveRegistry:
+    """The server's live runs: each followed once and drawn once for all sessions (thread-safe)."""
+    return LiveRegistry(RedrawPacer(floor_s=LIVE_EVERY_S))
 
 
 def valid_run_id(run_id: str | None) -> str | None:
@@ -75,7 +76,8 @@ STATE_BADGES = {
 }
 
 
-def _progress(f: RunFollower) -> None:
+def _progress(f) -> None:
+    """Progress bar, error and warnings of a run (`f`: a RunFollower or a LiveSnapshot)."""
     status, m = f.status, f.metrics
     total = f.config.get("max_steps") if isinstance(f.config.get("max_steps"), int) else None
     done = len(m)
@@ -96,12 +98,18 @@ def _progress(f: RunFollower) -> None:
 
 
 def run_charts(series: list[tuple[str, object]], key: str, injected=()) -> None:
-    st.plotly_chart(charts.loss_scale_figure(series, injected=injected), key=f"{key}-scale")
+    figures = (charts.loss_scale_figure(series, injected=injected), charts.loss_figure(series), charts.grad_norm_figure(series))
+    _chart_layout(figures, key)
+
+
+def _chart_layout(figures, key: str) -> None:
+    scale, loss, grad = figures
+    st.plotly_chart(scale, key=f"{key}-scale")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(charts.loss_figure(series), key=f"{key}-loss")
+        st.plotly_chart(loss, key=f"{key}-loss")
     with right:
-        st.plotly_chart(charts.grad_norm_figure(series), key=f"{key}-grad")
+        st.plotly_chart(grad, key=f"{key}-grad")
 
 
 def _first_point_shown_for(run_id: str, key: str, points: int) -> float:
@@ -112,21 +120,50 @@ def _first_point_shown_for(run_id: str, key: str, points: int) -> float:
     return time.monotonic() - since
 
 
+def _retime_due(key: str, every: float | None, wanted: float) -> bool:
+    """Whether this view's timer is far enough from the pacer's interval to redraw the page for it."""
+    if every is None or every == FIRST_POINT_EVERY_S or 2 / 3 < wanted / every < 3 / 2:
+        return False
+    last = st.session_state.get(f"retimed:{key}", 0.0)
+    if time.monotonic() - last < RETIME_AFTER_S:
+        return False
+    st.session_state[f"retimed:{key}"] = time.monotonic()
+    return True
+
+
 def live_run(run_id: str, key: str, paused: bool = False) -> None:
-    """Progress and charts of one run, redrawn every second while it is queued or training."""
-    f = follower(run_id)
-    f.poll()
-    live = f.state not in FINAL_STATES and not paused
-    # Until the first point arrives, look often (a start should show at once); then settle to 1 s.
-    waiting = len(f.metrics) == 0
-    every = (FIRST_POINT_EVERY_S if waiting else LIVE_EVERY_S) if live else None
+    """Progress and charts of one run, redrawn while it is queued or training.
+
+    Every session watching the run shares one read of its record and one set of figures; the redraw
+    interval is 1 s, longer when so many watch that redrawing would crowd the server or the machine
+    is oversubscribed (amp_core.live.RedrawPacer), and the view says so.
+    """
+    registry = live_registry()
+    live = registry.run(run_path(runs_dir(), run_id))
+    viewer = st.session_state.setdefault("viewer-id", secrets.token_hex(8))
+    snap = live.snapshot()
+    going = snap.state not in FINAL_STATES and not paused
+    # From the start until the first point arrives, look often (a start should show at once); then
+    # settle. A run waiting in the queue may wait minutes: it is looked at like a running one.
+    waiting = len(snap.metrics) == 0 and snap.state != "queued"
+    every, slower_because = registry.pacer.explain() if going and not waiting else (FIRST_POINT_EVERY_S if going else None, "")
 
     @st.fragment(run_every=every, key=f"live-{key}")
     def view() -> None:
-        f.poll()
-        _progress(f)
-        run_charts([(run_id, f.metrics)], key, injected=f.config.get("inject_overflow") or ())
-        if live and (f.state in FINAL_STATES or (waiting and _first_point_shown_for(run_id, key, len(f.metrics)) > FIRST_POINT_HOLD_S)):
-            st.rerun(scope="app")  # the run ended, or its first points are on screen: redraw the page with the right timer
+        cpu0 = time.thread_time()
+        snap = live.snapshot()
+        _progress(snap)
+        if slower_because:
+            st.caption(f"Live view redrawn every {every:.1f} s: {slower_because}.")
+        _chart_layout(live.figures(snap), key)
+        if not going:
+            return
+        registry.pacer.record(viewer, time.thread_time() - cpu0)
+        ended = snap.state in FINAL_STATES
+        dequeued = snap.state != "queued" and not waiting and len(snap.metrics) == 0
+        first_points_held = waiting and _first_point_shown_for(run_id, key, len(snap.metrics)) > FIRST_POINT_HOLD_S
+        if ended or dequeued or first_points_held or _retime_due(key, every, registry.pacer.interval()):
+            # The run ended, left the queue, has its first points on screen, or the room changed: redraw with the right timer.
+            st.rerun(scope="app")
 
     view()

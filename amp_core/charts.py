@@ -110,12 +110,12 @@ def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)"
     return fig
 
 
-def _dense_figure(series: Iterable[Series], column: str, title: str, ytitle: str, log: bool = False) -> go.Figure:
+def _dense_figure(series: Iterable[Series], column: str, title: str, ytitle: str, log: bool = False, max_points: int = MAX_POINTS) -> go.Figure:
     fig = go.Figure()
     for i, (label, m) in enumerate(series):
         y = getattr(m, column)
         keep = ~np.isnan(y) & (y > 0 if log else True)
-        x, y = downsample(m.step[keep], y[keep])
+        x, y = downsample(m.step[keep], y[keep], max_points)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=label, line=dict(color=PALETTE[i % len(PALETTE)])))
     _layout(fig, title, ytitle)
     if log:
@@ -123,12 +123,12 @@ def _dense_figure(series: Iterable[Series], column: str, title: str, ytitle: str
     return fig
 
 
-def loss_figure(series: Iterable[Series]) -> go.Figure:
-    return _dense_figure(series, "loss", "Training loss", "loss")
+def loss_figure(series: Iterable[Series], max_points: int = MAX_POINTS) -> go.Figure:
+    return _dense_figure(series, "loss", "Training loss", "loss", max_points=max_points)
 
 
-def grad_norm_figure(series: Iterable[Series]) -> go.Figure:
-    return _dense_figure(series, "grad_norm", "Gradient norm (unscaled, L2)", "norm", log=True)
+def grad_norm_figure(series: Iterable[Series], max_points: int = MAX_POINTS) -> go.Figure:
+    return _dense_figure(series, "grad_norm", "Gradient norm (unscaled, L2)", "norm", log=True, max_points=max_points)
 
 
 def grad_histogram_figure(hist: dict, loss_scale: float | None) -> go.Figure:

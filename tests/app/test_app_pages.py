@@ -206,3 +206,26 @@ def test_train_inject_needs_fp16_is_a_message(app_env):
     assert not at.exception
     assert any("needs a GradScaler" in e.value for e in at.error)
     assert list_runs(app_env) == []
+
+
+def test_live_view_says_when_it_slows_down(app_env, monkeypatch, figures):
+    import os
+
+    from amp_core import live
+    from amp_core.runs import RunWriter
+
+    writer = RunWriter.create(app_env, {"precision": "16-mixed", "max_steps": 1000}, label="16-mixed")
+    writer.set_status("running", pid=os.getpid())  # alive: this test process
+    writer.append_metrics([{"step": s, "loss": 1.0, "loss_scale": 1024.0, "skipped": False, "grad_norm": 0.5, "time": float(s)} for s in range(30)])
+    monkeypatch.setattr(live, "machine_load", lambda: 1.0)
+    at = page("pages/3_Runs.py").run()
+    assert not at.exception
+    assert any("running" in p.proto.text and "step 30 of 1000" in p.proto.text for p in at.get("progress"))
+    assert not [c for c in at.caption if "Live view redrawn" in c.value]
+    assert figures(at)[1].data[0].x[-1] == 29
+
+    monkeypatch.setattr(live, "machine_load", lambda: 3.0)  # pressure stall: tasks wait for a core 2/3 of the time
+    at.run()
+    assert not at.exception
+    assert [c.value for c in at.caption if "Live view redrawn" in c.value] == ["Live view redrawn every 3.0 s: this machine's CPUs are oversubscribed."]
+    writer.close()

@@ -344,6 +344,11 @@ def loss_points(page) -> int:
     return first_trace_points(page, "Training loss")
 
 
+def loss_reach(page) -> float:
+    """The last step the loss line reaches: it moves with every redraw, even once the line is downsampled."""
+    return first_trace_last_x(page, "Training loss")
+
+
 def loss_scale_reach(page) -> float:
     """The last step the loss-scale line reaches. Its point count need not grow (change points only)."""
     return first_trace_last_x(page, "Loss scale")
@@ -398,7 +403,7 @@ ui = SimpleNamespace(
     SETTLED=SETTLED, EXCEPTION=EXCEPTION, NAV_LINKS=NAV_LINKS, PAGE_S=PAGE_S, RUN_S=RUN_S,
     settle=settle, open_page=open_page, exception_texts=exception_texts, assert_no_exception=assert_no_exception,
     trace_lengths=trace_lengths, chart_titles=chart_titles, first_trace_points=first_trace_points,
-    loss_scale_points=loss_scale_points, loss_points=loss_points, loss_scale_reach=loss_scale_reach, wait_until=wait_until,
+    loss_scale_points=loss_scale_points, loss_points=loss_points, loss_scale_reach=loss_scale_reach, loss_reach=loss_reach, wait_until=wait_until,
     read_status=read_status, url_params=url_params, screenshot=screenshot,
 )  # fmt: skip
 

@@ -3,12 +3,16 @@
 No exception may show anywhere; the extra starts queue and run one after another (one run per
 device); every viewer sees the run complete. The server's resident memory is read before the
 viewers open and after they have received at least 100 live redraws between them.
+
+In a real room each viewer's browser runs on their own machine. Here fourteen Chromium renderers
+share this machine's two cores with the server and the run, and the viewers' redraw interval
+stretches with the CPU pressure (amp_core.live.RedrawPacer): the test counts redraws, it does not
+time them; bench/crowd.py measures the rates.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -18,7 +22,7 @@ import pytest
 VIEWERS = 10
 STARTERS = 3
 MEMORY_GROWTH_LIMIT_MB = 50
-WATCHED_STEPS = 6000  # long enough to still be training once all ten viewers have loaded
+WATCHED_STEPS = 10_000  # ~150 s to load ten viewers and start three runs here, ~60 s to count 100 redraws: it must outlast both
 REPORT = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
@@ -43,6 +47,13 @@ def states(runs_dir: Path) -> dict[str, dict]:
     return out
 
 
+def steps_done(run_dir: Path) -> int:
+    try:
+        return sum(1 for _ in open(run_dir / "metrics.jsonl", "rb"))
+    except OSError:
+        return 0
+
+
 def start(page, ui, server, steps: int) -> str:
     ui.open_page(page, server, "/Train")
     page.get_by_role("spinbutton", name="Steps", exact=True).fill(str(steps))
@@ -51,40 +62,42 @@ def start(page, ui, server, steps: int) -> str:
                          message="the run id in the URL")  # fmt: skip
 
 
-@pytest.mark.skipif(
-    os.environ.get("AMP_CROWD_TEST") != "1",
-    reason="opt-in (AMP_CROWD_TEST=1): on this 2-core machine, 10 viewers redrawing every second while a run trains "
-    "saturate the server and no live redraw completes (seen 2026-11-24: 0 redraws in 150 s, RSS +47 MB); the "
-    "live view must get cheaper before this can pass (issue 5 stays open)",
-)
 def test_ten_viewers_and_three_queued_starts(app_server, new_page, ui):
     runs = app_server.runs_dir
     trainer = new_page()
+    viewers = [new_page() for _ in range(VIEWERS)]  # ten people with a browser open, before the run starts
+    starters = [new_page() for _ in range(STARTERS)]
     watched = start(trainer, ui, app_server, WATCHED_STEPS)
     ui.wait_until(lambda: states(runs).get(watched, {}).get("state") == "running", ui.RUN_S, message="the watched run to train")
 
     rss_before = rss_mb(app_server.proc.pid)
-    viewers = [new_page() for _ in range(VIEWERS)]
+    t0 = time.monotonic()
+    load_s = []
     for v in viewers:
         v.set_default_navigation_timeout(ui.RUN_S * 1000)  # ten first loads queue behind each other on 2 cores
+        t = time.monotonic()
         ui.open_page(v, app_server, f"/Runs?run={watched}", timeout_s=ui.RUN_S)
+        load_s.append(round(time.monotonic() - t, 1))
 
-    starters = [new_page() for _ in range(STARTERS)]
     queued_ids = [start(s, ui, app_server, 40) for s in starters]
     # One run per device: while the watched run trains, the three new ones wait in the queue.
     st = states(runs)
     assert all(st[q]["state"] == "queued" for q in queued_ids if st[watched]["state"] == "running"), {q: st[q]["state"] for q in queued_ids}
 
-    # Count live redraws: each viewer's loss trace must grow, poll after poll, at least 10 times.
+    loaded_s = time.monotonic() - t0
+    steps_at_load = steps_done(runs / watched)
+
+    # Count live redraws: a redraw is seen when a viewer's loss line reaches a later step.
     redraws = [0] * VIEWERS
-    last = [ui.loss_points(v) for v in viewers]
+    last = [ui.loss_reach(v) for v in viewers]
     deadline = time.monotonic() + ui.RUN_S
     while min(redraws) < 100 // VIEWERS and time.monotonic() < deadline and states(runs)[watched]["state"] == "running":
         for i, v in enumerate(viewers):
-            n = ui.loss_points(v)
+            n = ui.loss_reach(v)
             if n > last[i]:
                 redraws[i], last[i] = redraws[i] + 1, n
     rss_after = rss_mb(app_server.proc.pid)
+    watched_s = time.monotonic() - t0 - loaded_s
 
     ui.wait_until(lambda: states(runs)[watched]["state"] == "completed", ui.RUN_S * 4, message="the watched run to complete")
     for i, v in enumerate(viewers):
@@ -104,8 +117,11 @@ def test_ten_viewers_and_three_queued_starts(app_server, new_page, ui):
     growth = rss_after - rss_before
     REPORT.mkdir(exist_ok=True)
     (REPORT / "many_sessions.json").write_text(json.dumps(
-        {"viewers": VIEWERS, "redraws_seen": sum(redraws), "rss_before_mb": round(rss_before, 1),
+        {"viewers": VIEWERS, "viewers_loaded_s": round(loaded_s, 1), "each_viewer_load_s": load_s, "redraws_seen": sum(redraws), "watched_s": round(watched_s, 1),
+         "slowest_viewer_redraws": min(redraws), "watched_step_when_loaded": steps_at_load, "rss_before_mb": round(rss_before, 1),
          "rss_after_mb": round(rss_after, 1), "growth_mb": round(growth, 1)}, indent=1))  # fmt: skip
-    print(f"[many sessions] {sum(redraws)} live redraws seen by {VIEWERS} viewers; server RSS {rss_before:.0f} -> {rss_after:.0f} MB")
-    assert sum(redraws) >= 100, redraws
+    print(f"[many sessions] {VIEWERS} viewers loaded in {loaded_s:.0f} s (each: {load_s}); the run was at step "
+          f"{steps_at_load} of {WATCHED_STEPS}; {sum(redraws)} live redraws seen in {watched_s:.0f} s; "
+          f"server RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+    assert sum(redraws) >= 100, f"{redraws} redraws per viewer in {watched_s:.0f} s (the run {'ended' if states(runs)[watched]['state'] != 'running' else 'still ran'})"
     assert growth < MEMORY_GROWTH_LIMIT_MB, f"server memory grew {growth:.1f} MB over {sum(redraws)} redraws"
