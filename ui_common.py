@@ -19,7 +19,7 @@ import plotly.graph_objects  # noqa: F401
 import streamlit as st
 
 from amp_core import charts
-from amp_core.live import LiveRegistry, RedrawPacer
+from amp_core.live import LiveRegistry, LiveSnapshot, RedrawPacer
 from amp_core.runs import FINAL_STATES, RunRecordError, default_runs_dir, run_path
 
 LIVE_EVERY_S = 1.0  # the fastest live redraw; with many viewers the pacer stretches it
@@ -76,12 +76,12 @@ STATE_BADGES = {
 }
 
 
-def _progress(f) -> None:
-    """Progress bar, error and warnings of a run (`f`: a RunFollower or a LiveSnapshot)."""
-    status, m = f.status, f.metrics
-    total = f.config.get("max_steps") if isinstance(f.config.get("max_steps"), int) else None
+def _progress(snap: LiveSnapshot) -> None:
+    """Progress bar, error and warnings of a run."""
+    status, m = snap.status, snap.metrics
+    total = snap.config.get("max_steps") if isinstance(snap.config.get("max_steps"), int) else None
     done = len(m)
-    state = f.state
+    state = snap.state
     text = f"**{STATE_BADGES.get(state, state)}** · step {done}" + (f" of {total}" if total else "")
     if state == "running" and done > 10 and total:
         rate = (m.time[-1] - m.time[max(0, done - 200)]) / max(1, min(200, done - 1))

@@ -38,7 +38,6 @@ class LiveSnapshot:
     status: dict
     config: dict
     metrics: RunMetrics
-    damaged_lines: int
 
     @property
     def state(self) -> str:
@@ -67,7 +66,7 @@ class LiveRun:
                 # A new RunMetrics around the current arrays: the follower replaces its arrays on the next
                 # read rather than changing them, so this snapshot stays as it was.
                 metrics = RunMetrics(dict(f.metrics.columns))
-                self._snapshot = LiveSnapshot(f.path.name, dict(f.status), dict(f.config), metrics, f.damaged_lines)
+                self._snapshot = LiveSnapshot(f.path.name, dict(f.status), dict(f.config), metrics)
             return self._snapshot
 
     def figures(self, snap: LiveSnapshot) -> tuple:

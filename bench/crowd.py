@@ -6,7 +6,7 @@
 A real `streamlit run app.py` server, a real training run started with `python -m amp_core.train`
 (a run record is all the Runs page needs to show it live), and N headless Chromium pages on
 `/Runs?run=<id>`. For each N it reports live redraws per viewer per second (a redraw is seen when a
-viewer's loss trace grows), the CPU seconds per wall second spent by the server, the browsers and the
+viewer's loss line reaches a later step), the CPU seconds per wall second spent by the server, the browsers and the
 training process, the server's resident memory before and after, and the run's steps per second.
 
 On one small machine the browsers compete with the server and the run for the same cores, so the
