@@ -190,15 +190,20 @@ def workload_settings(workload: str) -> list[str]:
     return [name for name, rule in RULES.items() if rule.workload == workload]
 
 
-def widget_bounds(name: str) -> dict[str, Any]:
+def defaults_for(workload: str) -> dict[str, Any]:
+    """Every field's default for a run of `workload` (a workload may change a shared one, e.g. gpt's batch size)."""
+    return {**{f.name: f.default for f in fields(RunConfig)}, "workload": workload, **WORKLOADS[workload].defaults}
+
+
+def widget_bounds(name: str, workload: str = "mlp") -> dict[str, Any]:
     """Keyword arguments for a Streamlit number_input/selectbox of field `name` (min, max, default, help)."""
-    rule, default = RULES[name], RunConfig.__dataclass_fields__[name].default
+    rule, default = RULES[name], defaults_for(workload)[name]
     if rule.kind == "choice":
         return {"options": list(rule.choices), "index": list(rule.choices).index(default), "help": rule.help}
     if rule.kind == "int":
         return {"min_value": int(rule.lo), "max_value": int(rule.hi), "value": default, "step": 1, "help": rule.help}
-    if rule.kind == "float":  # an open lower bound: the smallest positive float a widget can hold
-        return {"min_value": float(rule.lo) if not rule.lo_open else math.ulp(0.0), "max_value": float(rule.hi), "value": float(default), "help": rule.help}
+    if rule.kind == "float":  # an open lower bound: the next float above it
+        return {"min_value": math.nextafter(float(rule.lo), math.inf) if rule.lo_open else float(rule.lo), "max_value": float(rule.hi), "value": float(default), "help": rule.help}
     return {"value": default, "help": rule.help}
 
 
@@ -216,7 +221,7 @@ def _check_workload(c: RunConfig) -> None:
     if c.workload != "user":
         given = [f"--{name}" for name in workload_settings("user") if getattr(c, name)]
         if given:
-            raise ConfigError(f"{', '.join(given)} belong to your own model: use --workload user (or leave --workload out), not {c.workload!r}")
+            raise ConfigError(f"{', '.join(given)}: only for your own model (--workload user, or leave --workload out), not workload {c.workload!r}")
         return
     if not c.model:
         raise ConfigError("workload 'user' needs --model pkg.module:attr (your LightningModule)")

@@ -27,10 +27,15 @@ from amp_core.config import (  # noqa: F401  (re-exported)
     STRATEGIES,
     WANDB_MODES,
     ConfigError,
+    defaults_for,
     RunConfig,
     _shown,
 )
 from amp_core.runs import RunRecordError, default_runs_dir
+from amp_core.workloads import WORKLOADS
+
+# Flags whose default depends on the workload: None in the parser, filled in after it.
+_PER_WORKLOAD = {"workload", *(name for w in WORKLOADS.values() for name in w.defaults)}
 
 _LAZY = {  # the names this module had before the split, loaded on use (they import torch)
     "run": "amp_core.run_loop",
@@ -79,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
         if rule.kind == "bool":
             p.add_argument(flag(name), action="store_true", help=help_text)
         else:
-            default = {"runs_dir": None, "inject_overflow": "", "workload": None}.get(name, getattr(d, name))
+            default = None if name in _PER_WORKLOAD or name == "runs_dir" else "" if name == "inject_overflow" else getattr(d, name)
             p.add_argument(flag(name), default=default, help=help_text)
     return p
 
@@ -116,6 +121,9 @@ def config_from_args(argv: list[str] | None) -> RunConfig:
     values["inject_overflow"] = tuple(_typed("--inject-overflow", x.strip(), "int") for x in values["inject_overflow"].split(",") if x.strip())
     if values["workload"] is None:  # --model alone means your own model
         values["workload"] = "user" if values["model"] else RunConfig.workload
+    known = isinstance(values["workload"], str) and values["workload"] in WORKLOADS  # else validate() refuses it
+    defaults = defaults_for(values["workload"] if known else RunConfig.workload)
+    values.update({name: defaults[name] for name in _PER_WORKLOAD if values[name] is None})
     return RunConfig(**values).validate()
 
 

@@ -32,6 +32,7 @@ class Workload:
     name: str
     description: str
     builder: str  # "module:function", the function taking a RunConfig and returning a Built
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # shared settings with another default for this workload
 
     def build(self, config: Any) -> "Built":
         module, _, function = self.builder.partition(":")
@@ -50,7 +51,7 @@ WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
         Workload("mlp", "a small MLP classifying Gaussian clusters (synthetic, instant)", "amp_core.workloads.mlp:build"),
-        Workload("gpt", "a nanoGPT-shaped character-level transformer on the Python standard library's source", "amp_core.workloads.gpt:build"),
+        Workload("gpt", "a nanoGPT-shaped character-level transformer on the Python standard library's source", "amp_core.workloads.gpt:build", {"batch_size": 16}),
         Workload("user", "your own LightningModule, imported from pkg.module:attr", "amp_core.workloads.user:build"),
     )
 }

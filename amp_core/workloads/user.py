@@ -55,6 +55,11 @@ def resolve(spec: str, what: str) -> Any:
     return obj
 
 
+def _a(obj: Any) -> str:
+    name = type(obj).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def _call(factory: Any, spec: str, what: str) -> Any:
     try:
         return factory()
@@ -72,10 +77,10 @@ def load_module(spec: str) -> Any:
         if isinstance(obj, type) and not issubclass(obj, pl.LightningModule):
             raise UserModelError(f"model {spec!r} is the class {obj.__name__}, not a LightningModule subclass")
         if not callable(obj):
-            raise UserModelError(f"model {spec!r} is a {type(obj).__name__}, not a LightningModule subclass or a callable returning one")
+            raise UserModelError(f"model {spec!r} is {_a(obj)}, not a LightningModule subclass or a callable returning one")
         obj = _call(obj, spec, "model")
         if not isinstance(obj, pl.LightningModule):
-            raise UserModelError(f"model {spec!r} gave a {type(obj).__name__}, not a LightningModule")
+            raise UserModelError(f"model {spec!r} gave {_a(obj)}, not a LightningModule")
     if not obj.automatic_optimization:
         raise UserModelError(
             f"model {spec!r} uses manual optimization (automatic_optimization = False): the loss-scale monitor follows "
@@ -101,7 +106,7 @@ def load_data(spec: str, module: Any, model_spec: str) -> Any:
     if isinstance(obj, type) and issubclass(obj, pl.LightningDataModule) or not isinstance(obj, kinds) and callable(obj):
         obj = _call(obj, spec, "data")
     if not isinstance(obj, kinds):
-        raise UserModelError(f"no data: {spec!r} gave a {type(obj).__name__}, not a LightningDataModule or a DataLoader")
+        raise UserModelError(f"no data: {spec!r} gave {_a(obj)}, not a LightningDataModule or a DataLoader")
     return obj
 
 
