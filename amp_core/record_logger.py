@@ -71,7 +71,8 @@ class RunRecordLogger(Logger):
 
     @property
     def name(self) -> str:
-        return self._name or "amp_record"
+        # Lightning puts checkpoints in save_dir/name/version: with no name, that is the run's own folder.
+        return "" if self._owns_record else "amp_record"
 
     @property
     def version(self) -> str | None:
