@@ -57,6 +57,9 @@ MEMORY_KIND = {"gpu": "CUDA allocator peak", "cpu": "process peak RSS"}
 MEMORY_FIELD = {"gpu": "cuda_peak_mib", "cpu": "peak_rss_mib"}
 # The run settings a comparison fixes for all its runs, as `python -m amp_core.train` flags.
 TRAIN_FLAGS = ("precision", "matmul_precision", "accelerator", "max_steps", "batch_size", "lr", "seed", "hidden", "depth", "wandb", "runs_dir", "compare_group")
+# The workload and the settings of the workloads other than the demo MLP's, passed through as they are.
+WORKLOAD_FLAGS = ("workload", "layers", "heads", "width", "context", "model", "data", "path")
+TRAIN_FLAGS += WORKLOAD_FLAGS
 
 
 class _ArgumentError(Exception):
@@ -436,6 +439,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", default="disabled", help="disabled (default), offline or online")
     p.add_argument("--runs-dir", default=None, help="where run records go (default: $AMP_RUNS_DIR or runs/)")
     p.add_argument("--json", default=None, help="also write the JSON summary to this file")
+    from amp_core.config import RULES
+
+    for name in WORKLOAD_FLAGS:
+        p.add_argument(f"--{name}", type=int if RULES[name].kind == "int" else str, default=None, help=RULES[name].help)
     return p
 
 
@@ -460,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = plan(
             names, on_cuda=on_cuda, accelerator=args.accelerator, max_steps=args.max_steps, batch_size=args.batch_size, hidden=args.hidden,
             depth=args.depth, seed=args.seed, lr=args.lr, wandb=args.wandb, runs_dir=args.runs_dir or str(default_runs_dir()),
+            **{name: getattr(args, name) for name in WORKLOAD_FLAGS if getattr(args, name) is not None},
         )
     except (ConfigError, _ArgumentError) as e:
         return error(str(e))
