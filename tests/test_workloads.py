@@ -167,3 +167,13 @@ def test_compare_passes_the_workload_through(tmp_path):
     (run,) = group_runs(runs_dir, summary["group"])
     assert run.config["workload"] == "gpt" and run.config["workload_settings"] == {"layers": 1, "heads": 2, "width": 32, "context": 16}
     assert run.status["steps_per_s"] > 0 and summary["rows"][0]["state"] == "completed"
+
+
+def test_the_scaler_expectation_follows_the_gradscaler_rule():
+    from amp_core.plugins import scaler_expectation
+
+    torch_defaults = scaler_expectation("16-mixed", 300, 2.0**16, 2000)
+    assert torch_defaults.startswith("With growth interval 2000 the scale cannot grow within 300 steps") and "2^16" in torch_defaults
+    assert "at most 6 times in 300 steps" in scaler_expectation("16-mixed", 300, 2.0**24, 50)
+    assert "at most 1 time in" in scaler_expectation("16-mixed", 60, 2.0**24, 50)
+    assert "no loss scaling" in scaler_expectation("bf16-mixed", 300, 2.0**24, 50)
