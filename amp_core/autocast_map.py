@@ -227,12 +227,12 @@ def _args(workload: str, precision: str, device: str, settings: dict[str, Any]) 
 
 
 def probe_map(workload: str, precision: str, device: str = "cpu", settings: dict[str, Any] | None = None,
-              cache_dir: str | os.PathLike | None = None, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+              cache_dir: str | os.PathLike | None = None, timeout: float = PROBE_TIMEOUT_S, refresh: bool = False) -> dict[str, Any]:
     """The map from a child process (`python -m amp_core.autocast_map --json`), read from `cache_dir`
-    when taken before. Never raises: a failure is a dict with an `error` line (and is not cached)."""
+    when taken before (unless `refresh`). Never raises: a failure is a dict with an `error` line (not cached)."""
     settings = dict(settings or {})
     path = Path(cache_dir) / f"{cache_key(workload, precision, device, settings)}.json" if cache_dir else None
-    if path is not None and path.is_file():
+    if path is not None and path.is_file() and not refresh:
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):

@@ -74,3 +74,29 @@ def binade_series(entry: dict[str, Any]) -> tuple[list[int], list[int]]:
     """(log2 lower edges, counts) of the non-zero finite values, for a bar chart."""
     lo = entry["log2_lo"]
     return [lo + k for k in range(len(entry["counts"]))], list(entry["counts"])
+
+
+def binade_figure(underflow: dict[str, Any], dtype: str = "float16") -> Any:
+    """Bars of the backward 16-bit magnitudes by binade, at scale 1 and at the run's scale, with the
+    subnormal range shaded; the exact zeros are in the legend (they have no binade)."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    entry = None
+    for key, label in (("scale_1", "loss scale 1"), ("run_scale", "the run's loss scale")):
+        m = underflow.get(key)
+        entry = (m or {}).get("by_dtype", {}).get(dtype) if m else None
+        if not entry:
+            continue
+        edges, counts = binade_series(entry)
+        total = max(entry["values"], 1)
+        name = f"{label} ({m['scale']:g}): {entry['zeros'] / total:.2%} exactly zero"
+        fig.add_bar(x=np.asarray(edges), y=np.asarray(counts) / total, name=name, opacity=0.75)
+    if entry:
+        fig.add_vrect(x0=entry["log2_lo"] - 0.5, x1=entry["log2_min_normal"] - 0.5, fillcolor="gold", opacity=0.15,
+                      line_width=0, annotation_text="subnormal", annotation_position="top left")
+    fig.update_layout(barmode="overlay", height=320, margin=dict(t=30, b=40, l=50, r=20),
+                      xaxis_title=f"log2 |value| of {dtype} backward outputs (binade)", yaxis_title="share of values",
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
