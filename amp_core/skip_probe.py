@@ -103,8 +103,10 @@ class SkipLedgerProbe:
         order = tuple(sorted(range(len(params)), key=lambda k: (arrival.get(param_index[k], len(arrival)), k)))
         perm, index = self._order_tensors(order, param_index, norms.device)
         nan = torch.isnan(norms)
-        bad = (nan | ~torch.isfinite(maxabs))[perm]
-        first = torch.where(bad.any(), index[bad.int().argmax()], torch.full((), -1, dtype=torch.long, device=norms.device))
+        # index_select and gather, not t[i]: indexing with a 0-d tensor can read it on the host (a sync)
+        bad = (nan | ~torch.isfinite(maxabs)).index_select(0, perm)
+        culprit = index.gather(0, bad.int().argmax().reshape(1)).reshape(())
+        first = torch.where(bad.any(), culprit, torch.full((), -1, dtype=torch.long, device=norms.device))
         return torch.stack([torch.isinf(maxabs).any().float(), nan.any().float(), first.float()])
 
     def row(self, scale_before: float, scale_after: float, flags: list[float], facts: tuple[bool, bool]) -> dict[str, Any]:
