@@ -166,7 +166,7 @@ def summarize(m: dict[str, Any]) -> dict[str, Any]:
         "share_flops_16bit": flops16 / flops if flops else 0.0,
         "fp32_forward_ops": dict(fp32.most_common()),
         "casts": {p: dict(c) for p, c in casts.items()},
-        "near_overflow": [{k: o[k] for k in ("phase", "module", "op", "out_dtype", "log2_max")} for o in ops if near_overflow(o)],
+        "near_overflow": [{k: o[k] for k in ("phase", "module", "op", "out_dtype", "log2_max")} for o in ops if near_overflow(o) and not o["view"]],
     }
 
 

@@ -71,6 +71,7 @@ class SkipLedgerProbe:
         return out
 
     def batch_start(self, trainer: Any) -> None:
+        self._grad_order.clear()  # every micro-batch's backward runs in the same order: the last one's is kept
         self._steps_at_batch_start = self._optimizer_steps
         self._schedulers_before = self._scheduler_state(trainer)
 
