@@ -222,7 +222,7 @@ class LossScaleMonitor(Callback):
             ledger = self._ledger.flags(optimizer, norms, maxabs)
         else:
             norm = gmax = torch.zeros((), device=device)
-            ledger = torch.tensor([0.0, 0.0, -1.0], device=device)
+            ledger = torch.cat([torch.zeros(2, device=device), torch.full((1,), -1.0, device=device)])  # no inf, no NaN, no parameter
         scale = None
         unscale = torch.ones((), device=device)
         if scaler is not None and getattr(scaler, "_scale", None) is not None:

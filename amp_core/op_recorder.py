@@ -90,7 +90,10 @@ class _Recording:
         floats = [t for t in outputs if t.is_floating_point()]
         flops = None
         if func._overloadpacket in flop_registry:
-            flops = int(flop_registry[func._overloadpacket](*args, **kwargs, out_val=out))
+            try:
+                flops = int(flop_registry[func._overloadpacket](*args, **kwargs, out_val=out))
+            except Exception:  # an argument form torch's FLOP formula does not handle: the FLOPs stay unknown
+                flops = None
         log2_max, nonfinite = None, False
         with torch.no_grad():
             peaks = [float(t.detach().abs().max()) for t in floats if t.numel()]
