@@ -276,11 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(m, allow_nan=False))
         return 0
     print("\n".join(summary_lines(m)))
-    print(f"\n{'phase':<10} {'module':<22} {'ops':>4} {'FLOPs':>12} {'16-bit':>7} {'headroom':>8}  dtypes")
+    print(f"\n{'phase':<12} {'module':<22} {'ops':>4} {'FLOPs':>12} {'16-bit':>7} {'headroom':>8}  dtypes")
     for r in module_table(m):
         share = "" if r["16-bit FLOP share"] is None else f"{r['16-bit FLOP share']:.0%}"
         room = "" if r["16-bit headroom (log2)"] is None else f"{r['16-bit headroom (log2)']:.1f}" + ("!" if r["near overflow"] else "")
-        print(f"{r['phase']:<10} {r['module']:<22} {r['ops']:>4} {r['FLOPs']:>12,} {share:>7} {room:>8}  {r['output dtypes']}")
+        print(f"{r['phase']:<12} {r['module']:<22} {r['ops']:>4} {r['FLOPs']:>12,} {share:>7} {room:>8}  {r['output dtypes']}")
     return 0
 
 
