@@ -44,3 +44,4 @@ st.page_link("pages/2_Train.py", label="Train: start a short run and watch its l
 st.page_link("pages/3_Runs.py", label="Runs: replay, overlay and export recorded runs; gradients vs fp16, scaler what-ifs, advice", icon="🗂️")
 st.page_link("pages/4_Compare.py", label="Compare: the same model under 32-true, 16-mixed and bf16-mixed; speed, memory, loss, against AMP's targets", icon="⚖️")
 st.page_link("pages/5_Formats.py", label="Formats: what fp32, tf32, fp16, bf16 and fp8 can hold, and where a gradient lands", icon="🔢")
+st.page_link("pages/6_Inside_the_step.py", label="Inside the step: the dtype every op really ran in, and fp16's real underflow in backward", icon="🔬")

@@ -27,6 +27,9 @@ _EXPORTS = {
     "list_runs": "amp_core.runs",
     "load_run": "amp_core.runs",
     "change_points": "amp_core.runs",
+    "record_step": "amp_core.op_recorder",
+    "skipped_rows": "amp_core.skip_ledger",
+    "skip_hover": "amp_core.skip_ledger",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,8 +9,10 @@ import numpy as np
 
 from amp_core.gradients import shares
 from amp_core.runs import Run, load_histograms
+from amp_core.skip_ledger import main_culprit, scheduler_steps_on_skipped
 
 SKIPPED_SHARE_LIMIT = 0.02
+CULPRIT_MIN_SKIPS = 3  # one layer "causes most skips" only when it named over half of at least this many
 UNDERFLOW_SHARE_LIMIT = 0.01
 
 
@@ -83,8 +85,36 @@ def advise(run: Run) -> list[Advice]:
             out.append(Advice("ok", "The loss scale is doing its job",
                               f"at step {h['step']}: {sh['underflow_unscaled']:.1%} of gradient values would underflow fp16 unscaled, "
                               f"{sh['underflow_scaled']:.2%} at scale {scale[idx]:.3g}", "Nothing to change."))
+    out += _skip_culprit_advice(run) + _scheduler_on_skipped_advice(run)
     if not any(a.level == "warning" for a in out):
         out.append(Advice("ok", "The scaler looks healthy",
                           f"{int(natural.sum())} natural overflow(s) in {len(m)} steps; final scale {scale[-1]:.3g}",
                           "Nothing to change." if not injected else f"Injected overflows at steps {sorted(injected)} were skipped as expected."))
     return out
+
+
+def _skip_culprit_advice(run: Run) -> list[Advice]:
+    """When one parameter was the first to hold inf/NaN in most natural skipped steps (the skip ledger)."""
+    found = main_culprit(run)
+    if found is None or found[2] < CULPRIT_MIN_SKIPS or found[1] * 2 <= found[2]:
+        return []
+    param, count, total = found
+    layer = param.rsplit(".", 1)[0]
+    return [Advice("warning", f"One layer causes most skipped steps: {layer}",
+                   f"{param} was the first parameter to hold inf/NaN in {count} of {total} skipped steps (backward order)",
+                   f"Look at what feeds {layer}: large activations or logits overflow fp16 there. Normalise its input, "
+                   "scale its initialisation down, compute it in float32 (torch.autocast(enabled=False) around it), "
+                   "or use bf16-mixed.")]
+
+
+def _scheduler_on_skipped_advice(run: Run) -> list[Advice]:
+    """An LR scheduler that stepped on skipped steps runs its schedule ahead of the weights."""
+    steps = scheduler_steps_on_skipped(run)
+    if not steps:
+        return []
+    shown = ", ".join(map(str, steps[:8])) + (" …" if len(steps) > 8 else "")
+    return [Advice("warning", f"The LR scheduler stepped on {len(steps)} skipped step(s)",
+                   f"at steps {shown} the GradScaler skipped optimizer.step(), yet the scheduler's step count moved",
+                   "The schedule runs ahead of the optimizer by that many steps (warm-up ends early, decay comes early). "
+                   "Override LightningModule.lr_scheduler_step to call scheduler.step() only when the optimizer stepped, "
+                   "e.g. when the GradScaler's scale did not drop, or the optimizer's state 'step' moved.")]

@@ -22,6 +22,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch.amp.grad_scaler import OptState
 
+from amp_core.skip_probe import SkipLedgerProbe
+
 FP16_PRECISIONS = ("16", "16-mixed", "16_true")
 
 
@@ -80,10 +82,15 @@ class AmpWandbCallback(Callback):
     def logs_loss_scale(self) -> bool:
         return self.enabled and self.precision in FP16_PRECISIONS
 
+    def _get_loss_scale(self, trainer: Any) -> float | None:
+        """The seed's `amp_utils.AmpWandbCallback._get_loss_scale`, kept so code written against it runs
+        unchanged (subclasses that override it change what is logged); same as `get_loss_scale`."""
+        return get_loss_scale(trainer)
+
     def _payload(self, trainer: Any) -> dict[str, Any]:
         payload: dict[str, Any] = {"amp/enabled": 1 if self.enabled else 0, "amp/precision": self.precision}
         if self.logs_loss_scale:
-            scale = get_loss_scale(trainer)
+            scale = self._get_loss_scale(trainer)
             if scale is not None:
                 payload["amp/loss_scale"] = scale
         return payload
@@ -126,6 +133,13 @@ class LossScaleMonitor(Callback):
     absolute value) and `amp/loss`, at the step Lightning was on when the step ran (`global_step`
     advances on skipped steps too).
 
+    For every skipped step it also keeps a ledger row (handed to loggers with a
+    `log_skipped_step(step, row)` method): whether the gradients held inf or NaN, the parameter that
+    first held one in backward order (the first to receive its gradient: where the overflow began,
+    as inf spreads from there to every earlier layer), the scale before and after, and whether an LR
+    scheduler stepped although the optimizer did not. The flags and the parameter's index are
+    computed on the device and travel in the same batched copy as the other values.
+
     Every `histogram_every` steps it also counts the unscaled gradient values in log2 bins (on the
     device, like everything else) and hands the histogram to loggers that have a
     `log_grad_histogram(step, log2_lo, counts, zeros, nonfinite)` method.
@@ -152,11 +166,13 @@ class LossScaleMonitor(Callback):
         self.histogram_every = histogram_every
         self._pending: dict[str, Any] | None = None  # the step between on_before_optimizer_step and update()
         self._steps: list[int] = []
+        self._scheduler_moves: list[tuple[bool, bool]] = []  # host facts per step: (scheduler moved, optimizer stepped)
         self._rows: list[torch.Tensor] = []
         self._hists: list[tuple[int, torch.Tensor]] = []
         self._in_flight: list[tuple[list[int], torch.Tensor, list[int], torch.Tensor | None, Any]] = []
         self._has_scaler = False
         self._cuda = False
+        self._ledger = SkipLedgerProbe()
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage == "fit" and not trainer.loggers:
@@ -172,6 +188,10 @@ class LossScaleMonitor(Callback):
         self._cuda = trainer.strategy.root_device.type == "cuda"
         if self.flush_every is None:
             self.flush_every = 20 if self._cuda else 1
+        self._ledger.attach(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+        self._ledger.batch_start(trainer)
 
     def _histogram(self, grads: list[torch.Tensor], log2_unscale: torch.Tensor) -> torch.Tensor:
         """[zeros, nonfinite, counts...] of |g| / scale in log2 bins, without leaving the device."""
@@ -191,14 +211,18 @@ class LossScaleMonitor(Callback):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         device = trainer.strategy.root_device
         if grads:
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+            norms = torch.stack(torch._foreach_norm(grads)).float()
+            norm = torch.linalg.vector_norm(norms)
             if grads[0].is_cuda:  # one fused kernel
-                gmax = torch.stack(torch._foreach_norm(grads, float("inf"))).float().max()
+                maxabs = torch.stack(torch._foreach_norm(grads, float("inf"))).float()
             else:  # the inf-norm is a slow reduction on CPU (~1 ms for the demo MLP); min and max are not
-                extremes = [m.float() for g in grads if g.numel() for m in torch.aminmax(g)]
-                gmax = torch.stack(extremes).abs().max() if extremes else torch.zeros((), device=device)
+                extremes = [torch.stack(torch.aminmax(g)).float() if g.numel() else torch.zeros(2, device=device) for g in grads]
+                maxabs = torch.stack(extremes).abs().amax(dim=1)
+            gmax = maxabs.max()
+            ledger = self._ledger.flags(optimizer, norms, maxabs)
         else:
             norm = gmax = torch.zeros((), device=device)
+            ledger = torch.cat([torch.zeros(2, device=device), torch.full((1,), -1.0, device=device)])  # no inf, no NaN, no parameter
         scale = None
         unscale = torch.ones((), device=device)
         if scaler is not None and getattr(scaler, "_scale", None) is not None:
@@ -209,7 +233,7 @@ class LossScaleMonitor(Callback):
         step = trainer.global_step
         if self.histogram_every and grads and step % self.histogram_every == 0:
             self._hists.append((step, self._histogram(grads, torch.log2(unscale))))
-        self._pending = {"step": step, "scale": scale, "norm": (norm / unscale).detach(), "max": (gmax / unscale).detach()}
+        self._pending = {"step": step, "scale": scale, "norm": (norm / unscale).detach(), "max": (gmax / unscale).detach(), "ledger": ledger}
 
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         pending, self._pending = self._pending, None
@@ -224,11 +248,13 @@ class LossScaleMonitor(Callback):
         if pending["scale"] is not None:
             skipped = (scaler._scale < pending["scale"]).float()
             tracker = scaler._growth_tracker.float() if scaler._growth_tracker is not None else nan
-            scale = pending["scale"]
+            scale, scale_after = pending["scale"], scaler._scale.float().reshape(())
         else:
-            scale, skipped, tracker = nan, torch.zeros((), device=device), nan
+            scale, skipped, tracker, scale_after = nan, torch.zeros((), device=device), nan, nan
         self._steps.append(pending["step"])
-        self._rows.append(torch.stack([loss.to(device), scale, skipped, pending["norm"], pending["max"], tracker]))
+        self._scheduler_moves.append(self._ledger.batch_facts(trainer))
+        values = [loss.to(device), scale, skipped, pending["norm"], pending["max"], tracker, scale_after]
+        self._rows.append(torch.cat([torch.stack(values), pending["ledger"].to(device)]))
         if len(self._rows) >= self.flush_every:
             self._flush()
         self._publish_landed(trainer, wait=False)
@@ -240,13 +266,13 @@ class LossScaleMonitor(Callback):
         hist_steps = [s for s, _ in self._hists]
         hists = torch.stack([h for _, h in self._hists]) if self._hists else None
         steps, self._steps, self._rows, self._hists = self._steps, [], [], []
+        moves, self._scheduler_moves = self._scheduler_moves, []
+        event = None
         if self._cuda:
             block, hists = (self._to_pinned(t) for t in (block, hists))
             event = torch.cuda.Event()
             event.record()
-            self._in_flight.append((steps, block, hist_steps, hists, event))
-        else:
-            self._in_flight.append((steps, block, hist_steps, hists, None))
+        self._in_flight.append((list(zip(steps, moves)), block, hist_steps, hists, event))
 
     @staticmethod
     def _to_pinned(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -265,14 +291,19 @@ class LossScaleMonitor(Callback):
                 elif not event.query():
                     return
             self._in_flight.pop(0)
-            for step, values in zip(steps, block.tolist()):
-                loss, scale, skipped, norm, gmax, tracker = values
+            for (step, moves), values in zip(steps, block.tolist()):
+                loss, scale, skipped, norm, gmax, tracker, scale_after, *flags = values
                 metrics = {"amp/loss": loss, "amp/skipped": skipped, "amp/grad_norm": norm, "amp/grad_max": gmax}
                 if self._has_scaler:
                     metrics["amp/loss_scale"] = scale
                     metrics["amp/growth_tracker"] = tracker
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=step)
+                if skipped:
+                    row = self._ledger.row(scale, scale_after, flags, moves)
+                    for logger in trainer.loggers:
+                        if hasattr(logger, "log_skipped_step"):
+                            logger.log_skipped_step(step, row)
             for step, h in zip(hist_steps, hists.tolist() if hists is not None else []):
                 for logger in trainer.loggers:
                     if hasattr(logger, "log_grad_histogram"):
@@ -281,6 +312,7 @@ class LossScaleMonitor(Callback):
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._flush()
         self._publish_landed(trainer, wait=True)
+        self._ledger.detach()
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
         # Whatever was measured before a failure or a stop is still worth keeping.

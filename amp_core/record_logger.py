@@ -29,7 +29,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from amp_core.runs import RANKS_DIR, RunWriter, default_runs_dir, finite_or_none, now_iso, stop_requested
+from amp_core.runs import RANKS_DIR, SKIPS_FILE, RunWriter, default_runs_dir, finite_or_none, now_iso, stop_requested
 
 _MONITOR_FIELDS = {
     "amp/loss": "loss",
@@ -127,6 +127,14 @@ class RunRecordLogger(Logger):
     def log_grad_histogram(self, step: int, log2_lo: int, counts: list[int], zeros: int, nonfinite: int) -> None:
         """The monitor's log2 histogram of unscaled gradient values, one line of histograms.jsonl."""
         self.writer.append_histogram({"step": int(step), "log2_lo": log2_lo, "counts": counts, "zeros": zeros, "nonfinite": nonfinite})
+
+    @rank_zero_only
+    def log_skipped_step(self, step: int, row: dict[str, Any]) -> None:
+        """One line of skips.jsonl: why the GradScaler skipped this step (the monitor's skip ledger).
+        Skipped steps are rare, so the file is opened per line; a reader never sees half a line."""
+        line = json.dumps({"step": int(step), **row}, allow_nan=False) + "\n"
+        with open(self.writer.path / SKIPS_FILE, "a", encoding="utf-8") as f:
+            f.write(line)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

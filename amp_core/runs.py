@@ -30,6 +30,7 @@ import numpy as np
 RUNS_DIR_ENV = "AMP_RUNS_DIR"
 CONFIG_FILE, STATUS_FILE, METRICS_FILE, STOP_FILE = "config.json", "status.json", "metrics.jsonl", "stop"
 HISTOGRAMS_FILE = "histograms.jsonl"
+SKIPS_FILE = "skips.jsonl"  # the skip ledger: one line per skipped step (see amp_core.skip_ledger)
 RANKS_DIR = "ranks"  # multi-process runs: ranks/rank<N>.jsonl, each rank's own loss scale per step
 
 ACTIVE_STATES = ("queued", "starting", "running")
@@ -388,6 +389,16 @@ def load_histograms(path: str | os.PathLike) -> list[dict]:
         return []
     rows, _, _ = parse_metrics(data)
     return [r for r in rows if isinstance(r.get("counts"), list) and isinstance(r.get("log2_lo"), int)]
+
+
+def load_skips(path: str | os.PathLike) -> list[dict]:
+    """A run's skip ledger (possibly empty), in step order; damaged lines are skipped."""
+    try:
+        data = (Path(path) / SKIPS_FILE).read_bytes()
+    except OSError:
+        return []
+    rows, _, _ = parse_metrics(data)
+    return sorted(rows, key=lambda r: r["step"])
 
 
 def load_rank_scales(path: str | os.PathLike) -> dict[int, RunMetrics]:
