@@ -42,6 +42,7 @@ PY = sys.executable
 TAG = "AMP_PROOF_TAG"  # in the environment of every process this script starts: leftovers are found by it
 WORK = Path(os.environ.get("AMP_PROOF_WORK", "/tmp/amp-proof"))
 CAPS = {"env": 60, "tests": 220, "monitor": 130, "compare-mlp": 170, "recordings": 150, "compare-gpt": 120}
+CPU_CAPS = {"recordings": 260}  # the rehearsal: six CPU-sized runs on a small shared CPU take longer than on the GPU machine
 COMPARE = {  # (precisions, hidden, depth, batch, steps): matmul-bound on a GPU, seconds on a CPU
     "gpu": ("32-true,32-true+tf32,bf16-mixed,16-mixed", 8192, 4, 8192, 50),
     "cpu": ("32-true,bf16-mixed", 64, 1, 32, 12),
@@ -54,11 +55,12 @@ def log(message: str) -> None:
 
 
 class Budget:
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, caps: dict):
         self.deadline = time.monotonic() + seconds
+        self.caps = caps
 
     def limit(self, phase: str) -> float:
-        return max(0.0, min(CAPS[phase], self.deadline - time.monotonic() - 5))
+        return max(0.0, min(self.caps[phase], self.deadline - time.monotonic() - 5))
 
 
 def run_phase(name: str, argv: list[str], limit: float, output: Path | None = None, env: dict | None = None) -> dict:
@@ -195,11 +197,11 @@ def main() -> int:
     started = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    budget = Budget(args.budget)
     tag = uuid.uuid4().hex
     env = {TAG: tag, "PYTHONPATH": os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x), "WANDB_MODE": "offline"}
     facts = hardware()
     accelerator = "gpu" if facts.get("devices") else "cpu"
+    budget = Budget(args.budget, {**CAPS, **(CPU_CAPS if accelerator == "cpu" else {})})
     log(f"accelerator: {accelerator}; {facts.get('devices') or facts.get('error') or 'no CUDA device'}")
     phases = {"env": env_phase(out, facts)}
     phases["tests"] = run_phase("tests", [PY, "-m", "pytest", "-m", "cuda", "-rA", "-p", "no:cacheprovider", *test_files()], budget.limit("tests"), out / "cuda-tests.txt", env)
