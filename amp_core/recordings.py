@@ -13,6 +13,11 @@ is the only write a recording ever gets (bench/record_demo_runs.py does it on th
     python -m amp_core.recordings list [DIR]
     python -m amp_core.recordings publish --into DIR --command "python -m amp_core.train ..." --label "..." RUN_DIR...
 
+For the Runs and Compare pages: `list_runs(runs_dir, include_recordings=True)` (each Run has `recording`
+and `provenance`), `summarize(run)["recording"]` and `["provenance"]` (one line, `provenance_line`),
+`list_recordings()`, `recording_path(run_id)`, and `amp_core.compare.list_groups(default_recordings_dir())`
+/ `group_runs(default_recordings_dir(), group)` for the recorded comparisons.
+
 Only the standard library and NumPy at import (through amp_core.runs): the app imports this.
 """
 
@@ -28,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from amp_core.runs import CONFIG_FILE, FINAL_STATES, PROVENANCE_FILE, Run, RunRecordError, list_runs, load_run, now_iso
+from amp_core.runs import CONFIG_FILE, FINAL_STATES, PROVENANCE_FILE, Run, RunRecordError, list_runs, load_run, now_iso, run_path
 
 RECORDINGS_DIR_ENV = "AMP_RECORDINGS_DIR"
 REPO_RECORDINGS = Path(__file__).resolve().parents[1] / "demo_runs"
@@ -92,6 +97,11 @@ def provenance_line(provenance: dict) -> str:
         str(p["label"]) if p.get("label") else None,
     ]
     return " · ".join(x for x in parts if x)
+
+
+def recording_path(run_id: str, recordings_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of recording `run_id` (raises RunRecordError for an id that is not one, as `run_path` does)."""
+    return run_path(recordings_dir if recordings_dir is not None else default_recordings_dir(), run_id)
 
 
 def list_recordings(recordings_dir: str | os.PathLike | None = None) -> list[Run]:

@@ -92,7 +92,7 @@ def run_phase(name: str, argv: list[str], limit: float, output: Path | None = No
         print(text, end="" if text.endswith("\n") else "\n", flush=True)
     seconds = time.monotonic() - started
     log(f"{name}: exit {proc.returncode} in {seconds:.0f} s {note}")
-    return {"rc": proc.returncode, "seconds": round(seconds, 1), "note": note, "tail": text.strip().splitlines()[-3:]}
+    return {"rc": proc.returncode, "seconds": round(seconds, 1), "note": note, "tail": text.strip().splitlines()[-3:], "last_line": (text.strip().splitlines() or [""])[-1]}
 
 
 def kill_leftovers(tag: str) -> list[int]:
@@ -131,6 +131,8 @@ def env_phase(out: Path, facts: dict) -> dict:
             lines.append(f"{name} not installed")
     cuda = subprocess.run([PY, "-c", "import torch; print(torch.version.cuda, torch.backends.cudnn.version() if torch.cuda.is_available() else None)"], capture_output=True, text=True)
     lines.append(f"torch.version.cuda, cudnn: {cuda.stdout.strip() or cuda.stderr.strip()[-200:]}")
+    api = subprocess.run([PY, "-c", API_CHECK], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines.append(api.stdout.strip() or f"API check failed: {api.stderr.strip()[-400:]}")
     wheels = Path(os.environ.get("AMP_PROOF_WHEELS_LOG", "/nonexistent"))
     lines.append("wheels: " + (wheels.read_text().strip() if wheels.is_file() else "no install log"))
     for cmd in (["nvidia-smi"], ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm", "--format=csv"]):
@@ -142,6 +144,34 @@ def env_phase(out: Path, facts: dict) -> dict:
     lines.append(f"cpu count {os.cpu_count()}; started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     (out / "env.txt").write_text("\n".join(lines) + "\n")
     return {"rc": 0, "seconds": 0.0, "note": ""}
+
+
+# The torch APIs amp_core relies on (public and GradScaler internals), checked on the torch there (2.11 on
+# the GPU machine, 2.13 here), and every amp_core module imported.
+API_CHECK = """
+import importlib, pkgutil, torch, amp_core
+from torch.amp.grad_scaler import OptState
+s = torch.amp.GradScaler("cpu")
+checks = {
+    "torch.OutOfMemoryError": hasattr(torch, "OutOfMemoryError"),
+    "torch.get_autocast_dtype": hasattr(torch, "get_autocast_dtype"),
+    "torch.is_autocast_enabled(device)": torch.is_autocast_enabled("cpu") in (True, False),
+    "GradScaler('cpu') _scale/_growth_tracker/_per_optimizer_states": all(hasattr(s, a) for a in ("_scale", "_growth_tracker", "_per_optimizer_states")),
+    "OptState.UNSCALED": hasattr(OptState, "UNSCALED"),
+    "torch._foreach_norm(ord=inf)": float(torch.stack(torch._foreach_norm([torch.tensor([3.0, -4.0])], float("inf")))[0]) == 4.0,
+    "torch.cuda.get_sync_debug_mode": hasattr(torch.cuda, "get_sync_debug_mode"),
+    "torch.backends.cpu.get_cpu_capability": bool(torch.backends.cpu.get_cpu_capability()),
+    "torch.float8_e4m3fn": hasattr(torch, "float8_e4m3fn"),
+}
+failed = []
+for m in pkgutil.iter_modules(amp_core.__path__):
+    try:
+        importlib.import_module("amp_core." + m.name)
+    except Exception as e:
+        failed.append(f"amp_core.{m.name}: {type(e).__name__}: {e}")
+print("torch", torch.__version__, "API checks:", "all present" if all(checks.values()) else "MISSING " + str([k for k, v in checks.items() if not v]))
+print("amp_core imports:", "all" if not failed else failed)
+"""
 
 
 def test_files() -> list[str]:
@@ -185,6 +215,14 @@ def headline(out: Path, phases: dict) -> dict:
         c = read(f"{name}.json")
         keys = ("variant", "state", "median_step_ms", "speedup", "memory_reduction", "tflops", "peak_share", "loss_diff", "verdict")
         figures[name] = {"device": c.get("device"), "rows": [{k: r.get(k) for k in keys} for r in c.get("rows", [])]} if "rows" in c else c or None
+    try:  # record_demo_runs.py ends with its JSON summary: each recording's steps, backoffs and growths
+        figures["recordings"] = json.loads(phases["recordings"].get("last_line") or "")
+    except ValueError:
+        figures["recordings"] = None
+    for phase in phases.values():  # the phases' own lines, short: the figures above are the full record
+        if isinstance(phase, dict):
+            phase.pop("last_line", None)
+            phase["tail"] = [line[:300] for line in phase.get("tail", [])]
     figures["phases"] = phases
     return figures
 

@@ -27,6 +27,7 @@ from amp_core.recordings import (
     list_recordings,
     provenance_line,
     publish,
+    recording_path,
 )
 from amp_core.runs import HISTOGRAMS_FILE, METRICS_FILE, RunFollower, RunRecordError, RunWriter, list_runs, load_histograms, load_run, request_stop, summarize
 from amp_core.train import RunConfig, run
@@ -77,7 +78,9 @@ def test_a_published_run_is_a_recording_with_its_provenance(staged, recordings_d
     assert (dest / METRICS_FILE).read_bytes() == metrics_before, "publishing changes no byte of the record"
 
     (rec,) = list_recordings()
-    assert rec.recording and rec.problems == [] and rec.state == "completed"
+    assert rec.recording and rec.problems == [] and rec.state == "completed" and recording_path(rec.id) == dest.resolve()
+    with pytest.raises(RunRecordError):
+        recording_path("../runs")
     p = rec.provenance
     assert p["device"].startswith("CPU (") and p["accelerator"] == "cpu" and p["cuda"] is None
     assert p["torch"] == md.version("torch") and p["lightning"] == md.version("pytorch-lightning")
