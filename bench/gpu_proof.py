@@ -123,6 +123,7 @@ def hardware() -> dict:
 
 
 def env_phase(out: Path, facts: dict) -> dict:
+    started = time.monotonic()
     lines = [f"python {sys.version.split()[0]} at {PY}", f"hardware probe (python -m amp_core.hardware): {json.dumps(facts)}"]
     for name in ("torch", "pytorch-lightning", "lightning", "numpy", "plotly", "wandb", "pydantic", "pytest", "hypothesis", "pandas"):
         try:
@@ -143,7 +144,7 @@ def env_phase(out: Path, facts: dict) -> dict:
             lines.append(f"$ {' '.join(cmd)}: {type(e).__name__}")
     lines.append(f"cpu count {os.cpu_count()}; started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     (out / "env.txt").write_text("\n".join(lines) + "\n")
-    return {"rc": 0, "seconds": 0.0, "note": ""}
+    return {"rc": 0, "seconds": round(time.monotonic() - started, 1), "note": api.stdout.strip().splitlines()[0] if api.stdout.strip() else "API check failed"}
 
 
 # The torch APIs amp_core relies on (public and GradScaler internals), checked on the torch there (2.11 on
