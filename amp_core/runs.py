@@ -5,6 +5,7 @@
     runs/<run id>/metrics.jsonl   one JSON object per optimizer step, appended and flushed live
     runs/<run id>/histograms.jsonl  every N steps, a log2 histogram of the unscaled gradient values
     runs/<run id>/stop            present once someone asked the run to stop
+    <run id>/provenance.json      recordings only (demo_runs/, see amp_core.recordings): where and how it was made
 
 Writers replace status.json atomically and only ever append whole lines to metrics.jsonl, so a
 reader may look at any moment, and a crash loses nothing already written. Readers never trust the
@@ -31,6 +32,7 @@ RUNS_DIR_ENV = "AMP_RUNS_DIR"
 CONFIG_FILE, STATUS_FILE, METRICS_FILE, STOP_FILE = "config.json", "status.json", "metrics.jsonl", "stop"
 HISTOGRAMS_FILE = "histograms.jsonl"
 SKIPS_FILE = "skips.jsonl"  # the skip ledger: one line per skipped step (see amp_core.skip_ledger)
+PROVENANCE_FILE = "provenance.json"  # a recording's; its presence alone makes a folder read-only
 RANKS_DIR = "ranks"  # multi-process runs: ranks/rank<N>.jsonl, each rank's own loss scale per step
 
 ACTIVE_STATES = ("queued", "starting", "running")
@@ -98,6 +100,7 @@ class RunWriter:
     @classmethod
     def create(cls, runs_dir: str | os.PathLike, config: dict, label: str = "run") -> "RunWriter":
         runs_dir = Path(runs_dir)
+        _refuse_recording(runs_dir, "a new run in the recordings folder")
         try:
             runs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -122,6 +125,7 @@ class RunWriter:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "RunWriter":
+        _refuse_recording(path, "writing its record")
         writer = cls(Path(path))
         writer._status = _read_json(writer.path / STATUS_FILE) if (writer.path / STATUS_FILE).exists() else {}
         return writer
@@ -183,6 +187,7 @@ def finite_or_none(value: float | None) -> float | None:
 
 def request_stop(path: str | os.PathLike) -> None:
     """Ask the run in `path` to stop at its next step (the trainer polls for this file)."""
+    _refuse_recording(path, "a stop request")
     (Path(path) / STOP_FILE).write_text(now_iso())
 
 
@@ -286,6 +291,8 @@ class Run:
     metrics: RunMetrics
     problems: list[str] = field(default_factory=list)
     partial_tail: bool = False
+    recording: bool = False  # a shipped recording (amp_core.recordings): read-only, with its provenance
+    provenance: dict = field(default_factory=dict)
 
     @property
     def state(self) -> str:
@@ -324,7 +331,7 @@ _cache: dict[Path, tuple[tuple, Run, str]] = {}  # path -> (file stamps, run, it
 
 def _stamp(path: Path) -> tuple:
     out = []
-    for name in (CONFIG_FILE, STATUS_FILE, METRICS_FILE):
+    for name in (CONFIG_FILE, STATUS_FILE, METRICS_FILE, PROVENANCE_FILE):
         try:
             st = (path / name).stat()
             out.append((st.st_mtime_ns, st.st_size))
@@ -378,7 +385,19 @@ def _load_run(path: Path) -> Run:
         problems.append(f"the last line of {METRICS_FILE} is cut off")
     if status.get("state") in ("running", "starting") and effective_state(status) == "failed":
         problems.append("the training process is gone: it died without recording an end")
-    return Run(path.name, path, config, status, RunMetrics.from_rows(rows), problems, partial)
+    from amp_core.recordings import is_recording, read_provenance
+
+    recording, provenance = is_recording(path), {}
+    if recording:
+        provenance, problem = read_provenance(path)
+        problems += [problem] if problem else []
+    return Run(path.name, path, config, status, RunMetrics.from_rows(rows), problems, partial, recording, provenance)
+
+
+def _refuse_recording(path: str | os.PathLike, what: str) -> None:
+    from amp_core.recordings import refuse_if_recording
+
+    refuse_if_recording(path, what)
 
 
 def load_histograms(path: str | os.PathLike) -> list[dict]:
@@ -430,9 +449,17 @@ def ranks_agree(ranks: dict[int, RunMetrics]) -> tuple[bool, str]:
     return True, f"all {len(ranks)} ranks recorded the same loss scale and skipped steps on every one of {len(base)} steps"
 
 
-def list_runs(runs_dir: str | os.PathLike | None = None) -> list[Run]:
-    """Every run folder in `runs_dir`, newest first. Folders that are not runs are left out."""
+def list_runs(runs_dir: str | os.PathLike | None = None, include_recordings: bool = False) -> list[Run]:
+    """Every run folder in `runs_dir`, newest first. Folders that are not runs are left out.
+
+    With `include_recordings`, the recordings (demo_runs/) too, each with `recording` set.
+    """
     root = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+    if include_recordings:
+        from amp_core.recordings import default_recordings_dir
+
+        extra = [] if _same_dir(root, default_recordings_dir()) else list_runs(default_recordings_dir())
+        return sorted(list_runs(root) + extra, key=_newest_first_key, reverse=True)
     if not root.is_dir():
         return []
     runs = []
@@ -441,8 +468,19 @@ def list_runs(runs_dir: str | os.PathLike | None = None) -> list[Run]:
             (p / CONFIG_FILE).exists() or (p / STATUS_FILE).exists() or (p / METRICS_FILE).exists()
         ):
             runs.append(load_run(p))
-    runs.sort(key=lambda r: (str(r.status.get("created_at") or r.config.get("created_at") or ""), r.id), reverse=True)
+    runs.sort(key=_newest_first_key, reverse=True)
     return runs
+
+
+def _newest_first_key(r: Run) -> tuple:
+    return (str(r.status.get("created_at") or r.config.get("created_at") or ""), r.id)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def queued_runs(runs_dir: str | os.PathLike) -> list[Run]:
@@ -516,6 +554,8 @@ def change_points(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np
 
 def summarize(run: Run) -> dict:
     """One row for a runs table."""
+    from amp_core.recordings import provenance_line
+
     status = run.status
     n = len(run.metrics)
     return {
@@ -530,6 +570,8 @@ def summarize(run: Run) -> dict:
         "final_loss": float(run.metrics.loss[-1]) if n and not np.isnan(run.metrics.loss[-1]) else None,
         "created_at": status.get("created_at") or run.config.get("created_at"),
         "problems": "; ".join(run.problems),
+        "recording": run.recording,
+        "provenance": provenance_line(run.provenance) if run.recording else "",
     }
 
 

@@ -95,6 +95,9 @@ class Launcher:
     """Starts, queues and stops runs for one runs directory. Thread-safe; shared by all sessions."""
 
     def __init__(self, runs_dir: str | os.PathLike, cuda_devices: int | None = None, warm: bool = True):
+        from amp_core.recordings import refuse_if_recording
+
+        refuse_if_recording(runs_dir, "running a launcher on it")  # recordings are read-only: no queue, no .workers/ there
         self.runs_dir = Path(runs_dir)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = self.runs_dir / ".workers"

@@ -499,6 +499,7 @@ def test_monitor_keeps_what_it_measured_when_training_fails():
 # ---------------------------------------------------------------- CUDA only
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_cuda_autocast_is_float16_with_a_grad_scaler():
     seen = {}
@@ -518,6 +519,7 @@ def test_cuda_autocast_is_float16_with_a_grad_scaler():
     assert isinstance(trainer.strategy.precision_plugin.scaler, torch.amp.GradScaler)
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_cuda_grad_scaler_workflow():
     _, logger, _ = fit("16-mixed", accelerator="gpu", monitor=LossScaleMonitor(flush_every=20))
@@ -540,6 +542,7 @@ def _sync_checked(fn):
     return wrapped
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_sync_debug_mode_catches_a_host_sync():
     """The check below can fail: a host sync inside a wrapped hook raises."""
@@ -548,6 +551,7 @@ def test_sync_debug_mode_catches_a_host_sync():
         _sync_checked(lambda: value.item())()
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_cuda_monitor_adds_no_host_sync():
     monitor = LossScaleMonitor(flush_every=20)

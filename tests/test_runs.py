@@ -183,6 +183,8 @@ def test_summarize_fields(tmp_path):
         "final_loss": 2.25,
         "created_at": "2024-01-01T00:00:00.000+00:00",
         "problems": "",
+        "recording": False,
+        "provenance": "",
     }
     empty = summarize(load_run(make_run(tmp_path, rows=[], config={"max_steps": "many"}).path))
     assert empty["steps"] == 0 and empty["final_loss"] is None and empty["final_loss_scale"] is None
