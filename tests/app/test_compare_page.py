@@ -62,7 +62,7 @@ def test_selecting_a_comparison_shows_its_table_and_charts(app_env, recorded, mo
     step, tflops, memory, ratio, loss = (by_title[t] for t in ("Median step time", "Achieved matmul throughput", "Memory", "Against 32-true", "Training loss"))
     unit, factor = compare.flops_unit(summary["rows"])
     assert unit != "TFLOP/s" and tflops.layout.yaxis.title.text == unit  # a tiny model on a CPU: not "0.000001" TFLOP/s
-    np.testing.assert_allclose(table["flops"].to_numpy(dtype=float), [r["tflops"] * 1e6 for r in summary["rows"]])
+    np.testing.assert_allclose(table["flops"].to_numpy(dtype=float), [r["tflops"] * factor for r in summary["rows"]])
     for fig, key, scale in ((step, "median_step_ms", 1), (tflops, "tflops", factor), (memory, "memory_mib", 1)):
         assert [t.type for t in fig.data] == ["bar"]
         assert list(fig.data[0].x) == variants
