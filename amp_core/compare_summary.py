@@ -45,7 +45,7 @@ PEAK_TFLOPS = (
 )
 CUDA_MEMORY_KIND = "CUDA allocator peak"
 # What a CPU run's memory figure is, by the method amp_core.memory used (a run record's run_memory_method).
-RSS_MEMORY_KIND = {"clear_refs": "RSS added by the run (peak reset)", "sampled": "RSS added by the run (sampled peak)"}
+RSS_MEMORY_KIND = {"clear_refs": "RSS the run added, peak reset", "sampled": "RSS the run added, sampled peak"}
 NOT_MEASURED = "not measured"
 
 

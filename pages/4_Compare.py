@@ -47,19 +47,26 @@ if start:
     except (ConfigError, ValueError) as e:
         st.error(f"Cannot start this comparison: {e}")
     else:
-        st.session_state["group"] = configs[0].compare_group
+        st.session_state["group"] = st.query_params["group"] = configs[0].compare_group
 
 groups = {g["group"]: g for g in compare.list_groups(ui_common.runs_dir())}
 given = st.query_params.get("group")
 if given is not None and given not in groups:
     st.warning("The comparison named in the link is not in this runs directory; it was ignored.")
     del st.query_params["group"]
+elif given is not None:
+    st.session_state["group"] = given  # the link names the one shown (the page keeps the two in step)
 if not groups:
     st.info("No comparison yet: choose the precisions and the model size, and press **Run comparison**.")
     st.stop()
 
-# The group id itself is the option (not a longer label): a bound selectbox puts its option text in the link.
-group = st.selectbox("Comparison", list(groups), key="group", bind="query-params", help="Newest first; the link names the one shown.")
+# The page keeps `?group=` itself rather than bind="query-params": a bound select leaves its default
+# (the first option, here the newest comparison) out of the URL, so the link of a new comparison named
+# nothing and showed whichever comparison was newest when it was opened.
+group = st.selectbox("Comparison", list(groups), key="group", help="Newest first; the link names the one shown.",
+                     on_change=lambda: st.query_params.update(group=st.session_state["group"]))
+if st.query_params.get("group") != group:
+    st.query_params["group"] = group
 st.caption(f"{', '.join(groups[group]['variants'])} · {groups[group]['settings']} · started {groups[group]['created_at'][:19].replace('T', ' ')} UTC")
 live = any(s not in FINAL_STATES for s in groups[group]["states"])
 
@@ -77,8 +84,9 @@ def progress_and_table() -> None:
     unit, factor = compare.flops_unit(rows)
     table = pd.DataFrame(rows).assign(peak_share=[compare.peak_label(r) for r in rows],
                                       flops=[None if r["tflops"] is None else r["tflops"] * factor for r in rows])
-    columns = ["variant", "state", "timed_steps", "median_step_ms", "steps_per_s", "samples_per_s", "flops", "peak_share", "memory_mib",
-               "final_loss", "loss_diff", "skipped_steps", "speedup", "memory_ratio", "verdict", "run_id"]
+    # The verdict and its inputs first: a wide table scrolls, and these are what a reader came for.
+    columns = ["variant", "state", "verdict", "timed_steps", "median_step_ms", "speedup", "memory_mib", "memory_ratio", "final_loss", "loss_diff",
+               "steps_per_s", "samples_per_s", "flops", "peak_share", "skipped_steps", "run_id"]
     too_few = table["verdict"] == compare.TOO_FEW_STEPS
     st.dataframe(
         # Rows with too few timed steps are greyed: shown, but not a measurement to judge by.
@@ -92,7 +100,7 @@ def progress_and_table() -> None:
             "samples_per_s": st.column_config.NumberColumn("samples/s", format="%.0f"),
             "flops": st.column_config.NumberColumn(f"matmul {unit}", format="%.3g"),
             "peak_share": st.column_config.TextColumn("of GPU peak", help="achieved matmul throughput over the GPU's dense peak for the dtype; n/a on a CPU or an unknown GPU"),
-            "memory_mib": st.column_config.NumberColumn(f"memory MiB ({summary['memory_kind']})", format="%.1f",
+            "memory_mib": st.column_config.NumberColumn(f"memory MiB: {summary['memory_kind']}", format="%.1f",
                                                         help="on a GPU the CUDA allocator's peak; on a CPU the resident memory the run added (see the notes)"),
             "final_loss": st.column_config.NumberColumn("final loss", format="%.4f"),
             "loss_diff": st.column_config.NumberColumn("loss diff", format="%+.4f"),

@@ -58,7 +58,7 @@ def test_cli_prints_the_table_then_the_json_summary(compared):
         assert column in header
     for variant in VARIANTS:
         assert any(line.startswith(variant + " ") for line in lines)
-    assert "n/a, CPU" in proc.stdout and "RSS added by the run" in proc.stdout
+    assert "n/a, CPU" in proc.stdout and "RSS the run added" in proc.stdout
     assert [line for line in proc.stderr.splitlines() if line.startswith("[")] == [f"[{i}/3] {v}: {STEPS} steps ..." for i, v in enumerate(VARIANTS, 1)]
 
 
@@ -196,7 +196,7 @@ def test_summary_without_a_baseline_and_on_a_cpu(tmp_path):
     fake_run(tmp_path, "bf16-mixed", 15.0, 500.0, 1.0, gpu=None)
     summary = compare.summarize_group(compare.group_runs(tmp_path, "g"))
     (row,) = summary["rows"]
-    assert row["speedup"] is None and row["verdict"] == "n/a" and row["memory_kind"] == "RSS added by the run (sampled peak)" and row["memory_mib"] == 500.0
+    assert row["speedup"] is None and row["verdict"] == "n/a" and row["memory_kind"] == "RSS the run added, sampled peak" and row["memory_mib"] == 500.0
     assert summary["notes"][0].startswith("No 32-true run")
     assert compare.summarize_group([])["rows"] == []
 

@@ -67,7 +67,7 @@ def test_selecting_a_comparison_shows_its_table_and_charts(app_env, recorded, mo
         assert [t.type for t in fig.data] == ["bar"]
         assert list(fig.data[0].x) == variants
         np.testing.assert_allclose(np.asarray(fig.data[0].y), [r[key] * scale for r in summary["rows"]])
-    assert "RSS added by the run" in memory.layout.title.text
+    assert "RSS the run added" in memory.layout.title.text
     assert [t.name.split(" ")[0] for t in ratio.data] == ["speedup", "memory"]
     np.testing.assert_allclose(np.asarray(ratio.data[0].y), [r["speedup"] for r in summary["rows"]])
     assert [t.name for t in loss.data] == variants
