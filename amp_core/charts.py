@@ -60,6 +60,11 @@ def _log10_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     and 2 read alike."""
     a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
     decades = math.log10(hi / lo)
+    if decades < 0.7:  # a narrow range: evenly spaced round numbers read best
+        step = 10.0 ** math.floor(math.log10((hi - lo) / 4 or hi))
+        step *= next(m for m in (1, 2, 5, 10) if (hi - lo) / (step * m) <= 6)
+        vals = [round(k * step, 12) for k in range(math.floor(lo / step), math.ceil(hi / step) + 1) if k > 0]
+        return vals, [f"{v:.6g}" for v in vals]
     mantissas = (1, 2, 3, 5) if decades <= 1.5 else (1, 2, 5) if decades <= 4 else (1,)
     step = 1 if len(mantissas) > 1 else max(1, math.ceil((b - a + 1) / 10))
     vals = [m * 10.0**e for e in range(a, b + 1, step) for m in mantissas]
