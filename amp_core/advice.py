@@ -62,7 +62,8 @@ def advise(run: Run) -> list[Advice]:
         why = (f"2^{DEMO_INIT_SCALE_LOG2} is the Train page's default, chosen above what this model needs so that backoffs show "
                f"in a short run (torch's default is 2^{TORCH_INIT_SCALE_LOG2}). Outside a demo, s" if demo else "S")
         out.append(Advice("info", finding,
-                          f"init scale {init:.3g} = 2^{math.log2(init):.0f}; the first clean step ran at {scale[lead]:.3g}",
+                          f"init scale {init:.3g} = 2^{math.log2(init):.0f}; "
+                          + (f"the first clean step ran at {scale[lead]:.3g}" if lead < len(m) else f"no step of {len(m)} was clean"),
                           f"{why}tart near {better:.3g} (2^{math.log2(better):.0f}) to save {lead} batches; GradScaler finds it anyway, "
                           "so this matters for short runs."))
     later = natural[lead:]
