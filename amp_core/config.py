@@ -81,6 +81,10 @@ class RunConfig:
             self.precision = normalize_precision(self.precision)
         except ValueError as e:
             raise ConfigError(str(e).splitlines()[0]) from None
+        from amp_core.preflight import missing_precision_package
+
+        if missing := missing_precision_package(self.precision):  # refused here, not as a failed run after it started
+            raise ConfigError(missing)
         for name, rule in RULES.items():
             if rule.kind != "custom":
                 setattr(self, name, rule.check(name, getattr(self, name)))

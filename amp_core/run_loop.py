@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from amp_core.config import ConfigError, RunConfig
+from amp_core.memory import RunMemory
+from amp_core.preflight import failure_hint
 from amp_core.runs import RunWriter, default_runs_dir, now_iso, request_stop, stop_requested
 from amp_core.workloads import WORKLOADS, Built
 
@@ -193,6 +195,7 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
 
     config.validate()
     accelerator = resolve_accelerator(config.accelerator)
+    run_memory = RunMemory().start()  # before the model: its weights are the run's own (on a GPU, fit moves them into the CUDA peak)
     built = build_workload(config, writer)
     writer = open_record(config, accelerator, built, writer)
     wandb_logger = None
@@ -202,14 +205,16 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
             trainer, timer, precision_info = make_trainer(config, accelerator, writer, [wandb_logger] if wandb_logger else [])
             facts = trainer_facts(trainer)
             writer.update_config(amp_path=precision_info["path"], autocast_dtype=precision_info["autocast_dtype"], **{k: facts[k] for k in ("precision_resolved", "precision_plugin", "grad_scaler", "hardware", "versions")})
-            measured = fit(trainer, built, timer, accelerator, config.batch_size)
+            measured = {**fit(trainer, built, timer, accelerator, config.batch_size), **run_memory.stop()}
         writer.set_status("stopped" if stop_requested(writer.path) else "completed", ended_at=now_iso(), global_step=trainer.global_step, **measured)
     except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
         writer.set_status("stopped", ended_at=now_iso(), error="interrupted by the user")
     except BaseException as e:
-        writer.set_status("failed", ended_at=now_iso(), error=f"{type(e).__name__}: {e}".strip(), traceback=traceback.format_exc(limit=-20))  # the innermost frames: where it failed
+        error = f"{type(e).__name__}: {e}".strip() + failure_hint(config.precision, e)
+        writer.set_status("failed", ended_at=now_iso(), error=error, traceback=traceback.format_exc(limit=-20))  # the innermost frames: where it failed
         raise
     finally:
+        run_memory.stop()  # ends its sampling thread, if it has one
         writer.close()
         finish_wandb(wandb_logger, writer)
     return writer

@@ -128,6 +128,7 @@ def config_from_args(argv: list[str] | None) -> RunConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    config = None
     try:
         config = config_from_args(argv)
         writer = run(config)
@@ -135,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"amp_core.train: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        print(f"amp_core.train: the run failed: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        from amp_core.preflight import failure_hint
+
+        hint = failure_hint(config.precision, e) if config is not None else ""
+        print(f"amp_core.train: the run failed: {type(e).__name__}: {e}".splitlines()[0] + hint, file=sys.stderr)
         return 1
     from amp_core.run_loop import global_rank
     from amp_core.runs import load_run, summarize
