@@ -3,6 +3,8 @@
 import ui_common  # first: it does the heavy imports once (see there)
 import streamlit as st
 
+from amp_core.config import widget_bounds
+from amp_core.plugins import scaler_expectation
 from amp_core.precision import lightning_precision_values
 from amp_core.runs import ACTIVE_STATES, load_run, run_path
 from amp_core.train import ConfigError, RunConfig
@@ -10,13 +12,14 @@ from amp_core.train import ConfigError, RunConfig
 st.set_page_config(page_title="Train · AMP Explorer", page_icon="🏃", layout="wide")
 st.title("Train")
 st.caption(
-    "A small MLP on synthetic data, trained by Lightning in a separate process (a warm worker waits with torch "
+    "A workload (the demo MLP, a small GPT on Python's own source, or your own LightningModule), trained by Lightning in a separate process (a warm worker waits with torch "
     "and Lightning imported). Closing this tab does not stop the run; others can watch it on the Runs page."
 )
 
 launcher = ui_common.launcher()
 defaults = RunConfig()
 values = lightning_precision_values()
+workload = ui_common.workload_select("train_workload")
 
 with st.form("run"):
     c1, c2, c3, c4 = st.columns(4)
@@ -24,12 +27,11 @@ with st.form("run"):
                              help="16-mixed on a CPU runs real fp16 autocast with a CPU GradScaler (slower than fp32: no fp16 units).")
     accelerator = c2.selectbox("Accelerator", ("auto", "cpu", "gpu"))
     steps = c3.number_input("Steps", min_value=1, max_value=1_000_000, value=300, step=50)
-    batch_size = c4.number_input("Batch size", min_value=1, max_value=65536, value=defaults.batch_size)
-    c1, c2, c3, c4 = st.columns(4)
+    batch_size = c4.number_input("Batch size", min_value=1, max_value=65536, value=widget_bounds("batch_size", workload)["value"])
+    c1, c2 = st.columns(2)
     lr = c1.number_input("Learning rate", min_value=1e-6, max_value=10.0, value=defaults.lr, format="%.5f")
     seed = c2.number_input("Seed", min_value=0, max_value=2**32 - 1, value=defaults.seed)
-    hidden = c3.number_input("Hidden width", min_value=1, max_value=65536, value=defaults.hidden)
-    depth = c4.number_input("Hidden layers", min_value=1, max_value=64, value=defaults.depth)
+    settings = ui_common.workload_inputs(workload)
     st.markdown("**GradScaler** (fp16 only). torch's defaults are 2<sup>16</sup> and 2000; these show backoffs and growth in a short run.",
                 unsafe_allow_html=True)
     c1, c2, c3, c4 = st.columns(4)
@@ -37,6 +39,7 @@ with st.form("run"):
     growth_factor = c2.number_input("Growth factor", min_value=1.0001, max_value=1e6, value=defaults.growth_factor)
     backoff_factor = c3.number_input("Backoff factor", min_value=0.0001, max_value=0.9999, value=defaults.backoff_factor, format="%.4f")
     growth_interval = c4.number_input("Growth interval", min_value=1, max_value=10**9, value=50)
+    st.caption(scaler_expectation(precision, int(steps), 2.0 ** int(init_log2), int(growth_interval), float(growth_factor), float(backoff_factor)))
     c1, c2 = st.columns(2)
     inject = c1.text_input("Inject overflow at steps", placeholder="e.g. 100, 200",
                            help="Puts a real inf into the gradients at these steps (16-mixed only): the scaler skips them and backs off, on cue.")
@@ -54,7 +57,7 @@ if start:
     config = RunConfig(
         precision=precision, accelerator=accelerator, max_steps=int(steps), batch_size=int(batch_size), lr=float(lr),
         seed=int(seed), init_scale=2.0 ** int(init_log2), growth_factor=float(growth_factor),
-        backoff_factor=float(backoff_factor), growth_interval=int(growth_interval), hidden=int(hidden), depth=int(depth),
+        backoff_factor=float(backoff_factor), growth_interval=int(growth_interval), workload=workload, **settings,
         histogram_every=int(histogram_every), inject_overflow=inject_steps or (), wandb=wandb,
     )
     try:
