@@ -196,7 +196,8 @@ def workload_inputs(workload: str) -> dict:
     for col, name in zip(st.columns(max(1, len(names))), names):
         bounds = widget_bounds(name, workload)
         if RULES[name].kind == "text":
-            values[name] = col.text_input(WORKLOAD_LABELS[name], value=bounds["value"], help=bounds["help"], disabled=not allowed).strip()
+            typed = col.text_input(WORKLOAD_LABELS[name], value=bounds["value"], help=bounds["help"], disabled=not allowed).strip()
+            values[name] = typed if allowed else ""  # a disabled field's value is still the browser's word: not used
         else:
             values[name] = col.number_input(WORKLOAD_LABELS[name], **bounds)
     if workload == "user":
