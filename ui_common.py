@@ -181,3 +181,39 @@ def live_run(run_id: str, key: str, paused: bool = False) -> None:
             st.rerun(scope="app")
 
     view()
+
+
+# -- workloads: the select and each workload's own settings (bounds from amp_core.config's table) --
+
+WORKLOAD_LABELS = {
+    "hidden": "Hidden width", "depth": "Hidden layers", "layers": "Layers", "heads": "Heads", "width": "Width",
+    "context": "Context length", "model": "Model (pkg.module:attr)", "data": "Data (pkg.module:attr, optional)",
+    "path": "Folder put on sys.path (optional)",
+}
+
+
+def workload_select(key: str) -> str:
+    """The workload, chosen outside the form so that the settings in it follow the choice."""
+    from amp_core.workloads import WORKLOADS
+
+    return st.selectbox("Workload", list(WORKLOADS), format_func=lambda n: f"{n}: {WORKLOADS[n].description}", key=key)
+
+
+def workload_inputs(workload: str) -> dict:
+    """The workload's own settings as widgets; your own model's fields are off unless the server may import it."""
+    from amp_core.config import RULES, widget_bounds, workload_settings
+    from amp_core.workloads import user_models_allowed
+
+    allowed, why = user_models_allowed(st.get_option("server.address"))
+    names = workload_settings(workload)
+    values = {}
+    for col, name in zip(st.columns(max(1, len(names))), names):
+        bounds = widget_bounds(name, workload)
+        if RULES[name].kind == "text":
+            typed = col.text_input(WORKLOAD_LABELS[name], value=bounds["value"], help=bounds["help"], disabled=not allowed).strip()
+            values[name] = typed if allowed else ""  # a disabled field's value is still the browser's word: not used
+        else:
+            values[name] = col.number_input(WORKLOAD_LABELS[name], **bounds)
+    if workload == "user":
+        st.caption(f"Your own model: {why}.")
+    return values

@@ -57,7 +57,7 @@ def scaler_expectation(precision: str, max_steps: int, init_scale: float, growth
     Only what follows from the GradScaler's rule, nothing about a particular model: whether and how
     often the scale can grow within the run, and what an overflow does.
     """
-    if precision != "16-mixed":
+    if str(precision) not in ("16-mixed", "16"):  # 16 is Lightning's alias of 16-mixed
         return f"{precision} uses no loss scaling: there is no scale to watch, and no step is skipped for an overflow."
     growths = max_steps // growth_interval
     if growths == 0:

@@ -4,6 +4,7 @@ import ui_common  # first: it does the heavy imports once (see there)
 import streamlit as st
 
 from amp_core.advice import DEMO_INIT_SCALE_LOG2, TORCH_INIT_SCALE_LOG2, scaler_expectation
+from amp_core.config import widget_bounds
 from amp_core.precision import lightning_precision_values
 from amp_core.preflight import absent_accelerator, missing_precision_package, precision_risk
 from amp_core.runs import ACTIVE_STATES, load_run, run_path
@@ -12,7 +13,7 @@ from amp_core.train import ConfigError, RunConfig
 st.set_page_config(page_title="Train · AMP Explorer", page_icon="🏃", layout="wide")
 st.title("Train")
 st.caption(
-    "A small MLP on synthetic data, trained by Lightning in a separate process (a warm worker waits with torch "
+    "A workload (the demo MLP, a small GPT on Python's own source, or your own LightningModule), trained by Lightning in a separate process (a warm worker waits with torch "
     "and Lightning imported). Closing this tab does not stop the run; others can watch it on the Runs page."
 )
 
@@ -21,6 +22,7 @@ TORCH_DEFAULTS_EXPECTATION = scaler_expectation({"precision": "16-mixed", "max_s
 launcher = ui_common.launcher()
 defaults = RunConfig()
 values = lightning_precision_values()
+workload = ui_common.workload_select("train_workload")
 
 linked = st.query_params.get("run")
 if linked is not None and ui_common.valid_run_id(linked) is None:  # it showed why; like other pages, drop it
@@ -40,12 +42,10 @@ with st.container(border=True):
     with st.form("run", border=False):
         c1, c2, c3, c4 = st.columns(4)
         steps = c1.number_input("Steps", min_value=1, max_value=1_000_000, value=300, step=50)
-        batch_size = c2.number_input("Batch size", min_value=1, max_value=65536, value=defaults.batch_size)
+        batch_size = c2.number_input("Batch size", min_value=1, max_value=65536, value=widget_bounds("batch_size", workload)["value"])
         lr = c3.number_input("Learning rate", min_value=1e-6, max_value=10.0, value=defaults.lr, format="%.5f")
         seed = c4.number_input("Seed", min_value=0, max_value=2**32 - 1, value=defaults.seed)
-        c1, c2, _, _ = st.columns(4)
-        hidden = c1.number_input("Hidden width", min_value=1, max_value=65536, value=defaults.hidden)
-        depth = c2.number_input("Hidden layers", min_value=1, max_value=64, value=defaults.depth)
+        settings = ui_common.workload_inputs(workload)
         st.markdown(f"**GradScaler** (fp16 only). torch's defaults are 2<sup>{TORCH_INIT_SCALE_LOG2}</sup> and 2000: "
                     f"{TORCH_DEFAULTS_EXPECTATION[0].lower()}{TORCH_DEFAULTS_EXPECTATION[1:]} These defaults (2<sup>{DEMO_INIT_SCALE_LOG2}</sup>, 50) "
                     "show backoffs and growth in a short run.", unsafe_allow_html=True)
@@ -71,7 +71,7 @@ if start:
     config = RunConfig(
         precision=precision, accelerator=accelerator, max_steps=int(steps), batch_size=int(batch_size), lr=float(lr),
         seed=int(seed), init_scale=2.0 ** int(init_log2), growth_factor=float(growth_factor),
-        backoff_factor=float(backoff_factor), growth_interval=int(growth_interval), hidden=int(hidden), depth=int(depth),
+        backoff_factor=float(backoff_factor), growth_interval=int(growth_interval), workload=workload, **settings,
         histogram_every=int(histogram_every), inject_overflow=inject_steps or (), wandb=wandb,
     )
     try:

@@ -6,6 +6,7 @@ import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
 from amp_core import compare
+from amp_core.config import widget_bounds
 from amp_core.runs import ACTIVE_STATES, FINAL_STATES
 from amp_core.train import ConfigError
 
@@ -23,6 +24,8 @@ options = compare.default_variants(True) + ["16-true", "bf16-true"]
 # Starting sizes: on a GPU big enough for the matmuls to matter; on a CPU small enough that emulated fp16 ends soon.
 start_with = {True: dict(steps=100, batch=1024, hidden=4096, depth=4), False: dict(steps=50, batch=128, hidden=512, depth=4)}[on_cuda]
 
+workload = ui_common.workload_select("compare_workload")
+
 with st.form("compare"):
     variants = st.multiselect("Precisions", options, default=compare.default_variants(on_cuda),
                               help=f"{compare.BASELINE} always runs: it is the baseline. {compare.TF32} (fp32 with TF32 matmuls) needs a CUDA GPU.")
@@ -31,9 +34,13 @@ with st.form("compare"):
     steps = c1.number_input("Steps", min_value=1, max_value=100_000, value=start_with["steps"], step=10,
                             help=f"At least {compare.min_comparison_steps()}: the first steps are a warm-up, and the median step time needs "
                                  f"{compare.MIN_TIMED_STEPS} timed steps after it.")
-    batch_size = c2.number_input("Batch size", min_value=1, max_value=65536, value=start_with["batch"])
-    hidden = c3.number_input("Hidden width", min_value=1, max_value=65536, value=start_with["hidden"], help="128: overhead-bound; 4096 and more: matmul-bound")
-    depth = c4.number_input("Hidden layers", min_value=1, max_value=64, value=start_with["depth"])
+    batch_size = c2.number_input("Batch size", min_value=1, max_value=65536, value=start_with["batch"] if workload == "mlp" else widget_bounds("batch_size", workload)["value"])
+    if workload == "mlp":
+        hidden = c3.number_input("Hidden width", min_value=1, max_value=65536, value=start_with["hidden"], help="128: overhead-bound; 4096 and more: matmul-bound")
+        depth = c4.number_input("Hidden layers", min_value=1, max_value=64, value=start_with["depth"])
+        settings = {"hidden": int(hidden), "depth": int(depth)}
+    else:
+        settings = ui_common.workload_inputs(workload)
     if not on_cuda:
         st.caption("On a CPU without fp16 units, 16-mixed is emulated: at widths of 1024 and more each of its steps can take "
                    "tens of times longer than 32-true's. bf16-mixed is the CPU's AMP.")
@@ -41,7 +48,7 @@ with st.form("compare"):
 
 if start:
     try:
-        configs = compare.plan(variants, on_cuda=on_cuda, max_steps=int(steps), batch_size=int(batch_size), hidden=int(hidden), depth=int(depth))
+        configs = compare.plan(variants, on_cuda=on_cuda, max_steps=int(steps), batch_size=int(batch_size), workload=workload, **settings)
         for config in configs:
             launcher.submit(config)  # queued in order; the launcher runs one per device at a time
     except (ConfigError, ValueError) as e:

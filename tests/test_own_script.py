@@ -90,7 +90,7 @@ class StopsItselfAtStep8(DemoMLP):
 def fit(model, runs_dir, steps=30, logger=None):
     trainer = pl.Trainer(
         accelerator="cpu", max_steps=steps, logger=logger or RunRecordLogger(runs_dir, name="in-process"), callbacks=[LossScaleMonitor()],
-        plugins=[fp16_mixed("cpu", init_scale=2.0**10, growth_interval=5)], enable_progress_bar=False, enable_model_summary=False,
+        plugins=[fp16_mixed("cpu", init_scale=2.0**10, growth_interval=5)], enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
     )
     trainer.fit(model, synthetic_loader(batch_size=16, batches=10))
 

@@ -45,7 +45,7 @@ def resolve(spec: str, what: str) -> Any:
         if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
             raise UserModelError(f"{what} {spec!r}: no module named {e.name!r} (on sys.path: the current directory and --path)") from None
         raise UserModelError(f"{what} {spec!r}: importing {module_name!r} failed: {_first_line(e)}") from None
-    except BaseException as e:  # the module's own code raised (SystemExit included: it must not end the run silently)
+    except (Exception, SystemExit) as e:  # the module's own code raised (a sys.exit() in it must not end the run silently)
         raise UserModelError(f"{what} {spec!r}: importing {module_name!r} raised {_first_line(e)}") from None
     obj: Any = module
     for part in attr.split("."):
