@@ -25,6 +25,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from amp_core.workloads import WORKLOADS
+
 PRECISIONS = ("16-mixed", "bf16-mixed", "32-true")
 DEVICES = ("cpu", "cuda")
 SIXTEEN_BIT = ("float16", "bfloat16")
@@ -32,7 +34,8 @@ SIXTEEN_BIT = ("float16", "bfloat16")
 MAX_LOG2 = {"float16": math.log2(65504.0), "bfloat16": math.log2(3.3895313892515355e38)}
 NEAR_OVERFLOW_LOG2 = 4  # a 16-bit output within 2**4 of the format's largest value is marked
 CAST_OPS = ("_to_copy",)
-SETTINGS = {"hidden": 256, "depth": 3, "batch_size": 64, "init_scale": 2.0**16, "seed": 0}
+# Shared run settings a map depends on; each workload adds its own (amp_core.config.workload_settings).
+SHARED_SETTINGS = ("batch_size", "init_scale", "seed")
 PROBE_TIMEOUT_S = 600
 
 
@@ -40,16 +43,25 @@ class MapError(ValueError):
     """A map that cannot be taken with these settings; the message is one line a user can act on."""
 
 
-def _mlp(config: Any) -> tuple[Any, Any]:
-    """The built-in MLP and one batch of its data, built as amp_core.train builds them."""
-    from amp_core.model import DemoMLP, synthetic_loader
+def first_batch(built: Any) -> Any:
+    """One batch of a built workload's data, found where Lightning's fit would find it."""
+    import pytorch_lightning as pl
 
-    model = DemoMLP(hidden=config.hidden, depth=config.depth, lr=config.lr, fused=config.fused)
-    batch = next(iter(synthetic_loader(config.batch_size, batches=1, seed=config.seed)))
-    return model, batch
+    data = built.data
+    if isinstance(data, pl.LightningDataModule):
+        data.prepare_data()
+        data.setup("fit")
+        data = data.train_dataloader()
+    elif data is None:
+        data = built.module.train_dataloader()
+    return next(iter(data))
 
 
-WORKLOADS = {"mlp": _mlp}  # name -> builder(RunConfig) -> (LightningModule, batch); more workloads plug in here
+def map_settings(workload: str) -> list[str]:
+    """The settings a map takes for `workload`: the shared ones it depends on, then the workload's own."""
+    from amp_core.config import workload_settings
+
+    return [*SHARED_SETTINGS, *workload_settings(workload)]
 
 
 def plugin_for(precision: str, device: str = "cpu", init_scale: float = 2.0**16) -> Any:
@@ -82,14 +94,19 @@ def take(workload: str = "mlp", precision: str = "16-mixed", device: str = "cpu"
 
     if device == "cuda" and not torch.cuda.is_available():
         raise MapError("device 'cuda' needs a CUDA GPU, and torch.cuda.is_available() is False here; use --device cpu")
-    values = {**SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
+    from amp_core.config import defaults_for
+
+    values = {k: v for k, v in settings.items() if v is not None and k in map_settings(workload)}
     try:
-        config = RunConfig(precision=precision, accelerator="gpu" if device == "cuda" else "cpu", **values).validate()
+        config = RunConfig(**{**defaults_for(workload), **values, "precision": precision,
+                              "accelerator": "gpu" if device == "cuda" else "cpu"}).validate()
         plugin, info = plugin_for(config.precision, device, config.init_scale)
+        pl.seed_everything(config.seed, verbose=False)
+        built = WORKLOADS[workload].build(config)  # a user model's import or build error is a ConfigError line
     except ConfigError as e:
         raise MapError(str(e)) from None
-    pl.seed_everything(config.seed, verbose=False)
-    model, batch = WORKLOADS[workload](config)
+    values = {name: getattr(config, name) for name in map_settings(workload)}
+    model, batch = built.module, first_batch(built)
     at_run_scale = MagnitudeCounter()
     step = record_step(model, batch, plugin, device=device, magnitudes=at_run_scale)
     underflow = {"run_scale": {"scale": step["loss_scale"] or 1.0, "by_dtype": at_run_scale.by_dtype}}
@@ -214,7 +231,7 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
 
 
 def cache_key(workload: str, precision: str, device: str, settings: dict[str, Any] | None = None) -> str:
-    values = {**SETTINGS, **(settings or {})}
+    values = dict(settings or {})
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
     return f"{workload}-{precision}-{device}-{digest}"
 
@@ -262,11 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workload", default="mlp", help=f"one of {', '.join(WORKLOADS)}")
     p.add_argument("--precision", default="16-mixed", help="any Lightning precision value, e.g. 16-mixed, bf16-mixed")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    for name, default in SETTINGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None, help=f"default {default:g}")
+    from amp_core.config import RULES
+
+    names = list(dict.fromkeys([*SHARED_SETTINGS, *(n for n, r in RULES.items() if r.workload)]))
+    for name in names:  # typed by the run configuration's own table; None: the workload's default
+        kind = {"int": int, "float": float}.get(RULES[name].kind, str)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=RULES[name].help)
     p.add_argument("--json", action="store_true", help="print the whole map as JSON")
     args = p.parse_args(argv)
-    settings = {k: getattr(args, k) for k in SETTINGS}
+    settings = {k: getattr(args, k) for k in names}
     try:
         m = take(args.workload, args.precision, args.device, **settings)
     except MapError as e:

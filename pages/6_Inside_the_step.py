@@ -4,7 +4,7 @@ import ui_common  # first: it does the heavy imports once (see there)
 import pandas as pd
 import streamlit as st
 
-from amp_core.autocast_map import NEAR_OVERFLOW_LOG2, WORKLOADS, module_table, probe_map, summarize
+from amp_core.autocast_map import NEAR_OVERFLOW_LOG2, module_table, probe_map, summarize
 from amp_core.backward_underflow import binade_figure, underflow_rows
 
 st.set_page_config(page_title="Inside the step · AMP Explorer", page_icon="🔬", layout="wide")
@@ -17,13 +17,18 @@ st.caption(
 
 cuda = bool(ui_common.launcher().cuda_devices)
 c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
-workload = c1.selectbox("Workload", list(WORKLOADS), key="workload")
+with c1:
+    workload = ui_common.workload_select("workload")
 precision = c2.selectbox("Precision", ["16-mixed", "bf16-mixed"], key="precision")
 device = c3.selectbox("Device", ["cpu", "cuda"] if cuda else ["cpu"], key="device")
 again = c4.button("Take it again", help="Discard the kept map and record a fresh step")
+settings = ui_common.workload_inputs(workload)
+if workload == "user" and not settings.get("model"):
+    st.info("Name your LightningModule (pkg.module:attr) to map one of its steps.")
+    st.stop()
 
 with st.spinner(f"Recording one {precision} step of {workload} on {device} in a child process…"):
-    m = probe_map(workload, precision, device, cache_dir=ui_common.runs_dir() / ".autocast_maps", refresh=again)
+    m = probe_map(workload, precision, device, settings, cache_dir=ui_common.runs_dir() / ".autocast_maps", refresh=again)
 if m.get("error"):
     st.error(f"The map could not be taken: {m['error']}")
     st.stop()

@@ -209,3 +209,31 @@ def test_cuda_map(precision):
     assert [o["out_dtype"] for o in forward_ops(m["ops"], "net.0")] == [linear_dtype]
     assert m["device"] == "cuda" and m["device_name"] == torch.cuda.get_device_name()
     assert summarize(m)["ops"]["backward"] > 0
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_gpt_map_under_each_precision(precision):
+    """The transformer workload: its Linear layers and layer norms ran in the dtypes autocast gives them here."""
+    dtype = AUTOCAST[precision]
+    m = take("gpt", precision, layers=1, heads=2, width=16, context=8, batch_size=2)
+    json.dumps(m, allow_nan=False)
+    assert m["workload"] == "gpt" and m["settings"]["width"] == 16
+    x = torch.randn(2, 8, 16)
+    lin, norm = nn.Linear(16, 48), nn.LayerNorm(16)
+    linear_dtype = str(measured("cpu", dtype, lambda: lin(x))).removeprefix("torch.")
+    norm_dtype = str(measured("cpu", dtype, lambda: norm(x))).removeprefix("torch.")
+    attn_in = [o for o in forward_ops(m["ops"], "blocks.0.attn.c_attn")]
+    assert attn_in and attn_in[0]["out_dtype"] == linear_dtype
+    (ln,) = forward_ops(m["ops"], "blocks.0.ln_1")
+    assert ln["op"] == "native_layer_norm" and ln["out_dtype"] == norm_dtype
+    s = summarize(m)
+    assert s["ops"]["forward"] > 0 and s["ops"]["backward"] > 0 and 0 < s["share_flops_16bit"] <= 1
+
+
+def test_user_model_map_and_its_errors():
+    """Your own LightningModule (a test file, not a built-in) is mapped; a bad import path is one MapError line."""
+    m = take("user", "bf16-mixed", model="tests.user_models.tiny_net:TinyRegressor", data="tests.user_models.tiny_net:PointsData")
+    assert m["workload"] == "user" and m["settings"]["model"].endswith("TinyRegressor")
+    assert summarize(m)["ops"]["backward"] > 0
+    with pytest.raises(autocast_map.MapError, match="no attribute 'Nope'"):
+        take("user", "16-mixed", model="tests.user_models.tiny_net:Nope")
