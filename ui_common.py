@@ -111,8 +111,8 @@ def _progress(snap: LiveSnapshot) -> None:
         st.warning(w)
 
 
-def run_charts(series: list[tuple[str, object]], key: str, injected=()) -> None:
-    figures = (charts.loss_scale_figure(series, injected=injected), charts.loss_figure(series), charts.grad_norm_figure(series))
+def run_charts(series: list[tuple[str, object]], key: str, injected=(), skip_notes=None) -> None:
+    figures = (charts.loss_scale_figure(series, injected=injected, skip_notes=skip_notes), charts.loss_figure(series), charts.grad_norm_figure(series))
     _chart_layout(figures, key)
 
 

@@ -99,10 +99,13 @@ def _layout(fig: go.Figure, title: str, ytitle: str, height: int = 320) -> go.Fi
 Series = tuple[str, RunMetrics]
 
 
-def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)", injected: Iterable[int] = ()) -> go.Figure:
+def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)", injected: Iterable[int] = (),
+                      skip_notes: tuple[np.ndarray, np.ndarray] | None = None) -> go.Figure:
     """The GradScaler's scale per step on a log2 axis, with skipped (overflow) steps marked.
 
     `injected`: steps where an overflow was put in on purpose (of the first series); marked apart.
+    `skip_notes`: (steps, texts) of the first series' skip ledger (amp_core.skip_ledger.skip_hover): each
+    skipped marker's hover then says why (inf or NaN, and the parameter that first held one).
     """
     fig = go.Figure()
     lo, hi = math.inf, 0.0
@@ -127,9 +130,11 @@ def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)"
         if skipped.any():
             sx, sy, thinned = _thin(m.step[skipped], m.loss_scale[skipped], MAX_MARKERS)
             name = f"{label} skipped ({int(skipped.sum())}{', sampled' if thinned else ''})"
+            notes = _notes_at(sx, skip_notes) if i == 0 and skip_notes is not None else None
+            hover = "%{customdata}<extra></extra>" if notes is not None else "step %{x}: overflow, step skipped at scale %{y:.3g}<extra></extra>"
             fig.add_trace(
                 go.Scatter(x=sx, y=sy, mode="markers", name=name, marker=dict(symbol="x", size=8, color="#d62728"),
-                           hovertemplate="step %{x}: overflow, step skipped at scale %{y:.3g}<extra></extra>")
+                           customdata=notes, hovertemplate=hover)
             )
     _layout(fig, title, "loss scale")
     if hi > 0:
@@ -138,6 +143,12 @@ def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)"
     else:
         fig.add_annotation(text="no GradScaler in this run: bf16 and fp32 need no loss scaling", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     return fig
+
+
+def _notes_at(steps: np.ndarray, skip_notes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The ledger's hover text for each marker step; steps the ledger lacks get the plain sentence."""
+    known = dict(zip(skip_notes[0].tolist(), skip_notes[1].tolist()))
+    return np.array([known.get(int(s), f"step {int(s)}: overflow, step skipped") for s in steps], dtype=object)
 
 
 def _dense_figure(series: Iterable[Series], column: str, title: str, ytitle: str, log: bool = False, max_points: int = MAX_POINTS) -> go.Figure:

@@ -51,7 +51,7 @@ NOT_MEASURED = "not measured"
 
 def timed_steps_for(max_steps: int) -> int:
     """How many of `max_steps` steps are timed: amp_core.train.step_timing leaves out the warm-up."""
-    from amp_core.train import WARMUP_MIN_STEPS, WARMUP_SHARE
+    from amp_core.run_facts import WARMUP_MIN_STEPS, WARMUP_SHARE
 
     warmup = min(max(WARMUP_MIN_STEPS, math.ceil(max_steps * WARMUP_SHARE)), max_steps // 2)
     return max(0, max_steps - warmup)
@@ -80,16 +80,17 @@ def _order(r: Run) -> tuple:
     return (variant_of(r) != BASELINE, _created(r), r.id)  # the baseline first, then in the order they were made
 
 
-def group_runs(runs_dir: str | os.PathLike, group: str) -> list[Run]:
-    """The runs of one comparison, baseline first."""
-    runs = [r for r in list_runs(runs_dir) if r.config.get("compare_group") == group]
+def group_runs(runs_dir: str | os.PathLike, group: str, include_recordings: bool = False) -> list[Run]:
+    """The runs of one comparison, baseline first (with `include_recordings`, a shipped one's too)."""
+    runs = [r for r in list_runs(runs_dir, include_recordings) if r.config.get("compare_group") == group]
     return sorted(runs, key=_order)
 
 
-def list_groups(runs_dir: str | os.PathLike) -> list[dict]:
-    """Every comparison in `runs_dir`, newest first: id, when, its variants and their states."""
+def list_groups(runs_dir: str | os.PathLike, include_recordings: bool = False) -> list[dict]:
+    """Every comparison in `runs_dir` (and, with `include_recordings`, in the shipped recordings), newest
+    first: id, when, its variants and their states, its settings, and whether it is a recording."""
     groups: dict[str, list[Run]] = {}
-    for r in list_runs(runs_dir):
+    for r in list_runs(runs_dir, include_recordings):
         if isinstance(r.config.get("compare_group"), str) and r.config["compare_group"]:
             groups.setdefault(r.config["compare_group"], []).append(r)
     out = []
@@ -101,9 +102,17 @@ def list_groups(runs_dir: str | os.PathLike) -> list[dict]:
             "created_at": min(_created(r) for r in runs),
             "variants": [variant_of(r) for r in runs],
             "states": [r.state for r in runs],
-            "settings": f"hidden {c.get('hidden')} × depth {c.get('depth')}, batch {c.get('batch_size')}, {c.get('max_steps')} steps",
+            "settings": _settings_line(c),
+            "recording": all(r.recording for r in runs),
         })
     return sorted(out, key=lambda g: (g["created_at"], g["group"]), reverse=True)
+
+
+def _settings_line(c: dict) -> str:
+    """A comparison's model settings in words: the workload's own settings (records before workloads are mlp runs)."""
+    own = c.get("workload_settings") or {"hidden": c.get("hidden"), "depth": c.get("depth")}
+    shown = ", ".join(f"{k} {v}" for k, v in own.items() if v not in (None, ""))
+    return f"{c.get('workload') or 'mlp'}: {shown}, batch {c.get('batch_size')}, {c.get('max_steps')} steps"
 
 
 def peak_tflops(device_name: str | None, dtype: str | None) -> float | None:

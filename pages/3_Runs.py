@@ -9,13 +9,15 @@ from amp_core.advice import advise, scaler_expectation
 from amp_core.gradients import scale_at, shares
 from amp_core.preflight import failure_hint
 from amp_core.runs import ACTIVE_STATES, list_runs, load_histograms, load_rank_scales, metrics_csv, metrics_json, ranks_agree, summarize
+from amp_core.skip_ledger import skip_hover, skipped_rows
 from amp_core.scaler_policies import HysteresisPolicy, TorchGradScalerPolicy, overflow_model_for, replay, replay_own_policy
 
 st.set_page_config(page_title="Runs · AMP Explorer", page_icon="🗂️", layout="wide")
 st.title("Runs")
-st.caption(f"Run records in `{ui_common.runs_dir()}` (set `AMP_RUNS_DIR` to change it), newest first.")
+st.caption(f"Run records in `{ui_common.runs_dir()}` (set `AMP_RUNS_DIR` to change it), newest first, "
+           "and the recordings shipped in `demo_runs/` (🎞: real runs made elsewhere, read-only).")
 
-runs = list_runs(ui_common.runs_dir())
+runs = list_runs(ui_common.runs_dir(), include_recordings=True)
 if not runs:
     st.info("No runs yet. Start one on the Train page, or with `python -m amp_core.train`.")
     st.stop()
@@ -23,13 +25,14 @@ if not runs:
 by_id = {r.id: r for r in runs}
 rows = pd.DataFrame([summarize(r) for r in runs])
 st.dataframe(
-    rows[["id", "state", "precision", "accelerator", "steps", "max_steps", "skipped", "final_loss_scale", "final_loss", "created_at", "problems"]],
+    rows.assign(recording=rows["recording"].map({True: "🎞", False: ""}))[["recording", "id", "state", "precision", "accelerator", "steps", "max_steps", "skipped", "final_loss_scale", "final_loss", "created_at", "problems"]],
     hide_index=True,
     width="stretch",
     column_config={
         "final_loss_scale": st.column_config.NumberColumn("final loss scale", format="%.6g"),
         "final_loss": st.column_config.NumberColumn("final loss", format="%.4f"),
         "max_steps": st.column_config.NumberColumn("of steps"),
+        "recording": st.column_config.TextColumn("", width="small", help="🎞: a shipped recording (read-only)"),
     },
 )
 
@@ -57,7 +60,7 @@ if st.session_state.get("run") not in by_id:  # the run this session had open is
 
 def label(run_id: str) -> str:
     r = by_id[run_id]
-    return f"{run_id} · {r.precision}"
+    return f"{'🎞 ' if r.recording else ''}{run_id} · {r.precision}"
 
 
 def put_run_in_url() -> None:
@@ -70,6 +73,9 @@ run = by_id[selected]
 injected = run.config.get("inject_overflow") or ()
 series = [(charts.short_label(i), by_id[i].metrics) for i in [selected, *overlay]]  # legends: short names
 
+if run.recording:
+    made_by = run.provenance.get("command")
+    st.info(f"🎞 **Recording** (read-only): {summarize(run)['provenance']}" + (f" · made with `{made_by}`" if made_by else ""))
 for problem in run.problems:
     st.warning(f"This record is damaged: {problem}. What could be read is shown.")
 ranks = load_rank_scales(run.path)
@@ -88,10 +94,22 @@ else:
         st.error(error if "likely reason" in error else error + failure_hint(run.precision, error))
     if expectation := scaler_expectation(run.config):
         st.caption(f"What these GradScaler settings allow: {expectation}")
-    ui_common.run_charts(series, key="replay", injected=injected)
+    ui_common.run_charts(series, key="replay", injected=injected, skip_notes=skip_hover(run))
 
 m = run.metrics
-tab_grad, tab_whatif, tab_advice = st.tabs(["Gradients vs fp16", "Scaler what-if", "Advice"])
+tab_grad, tab_skips, tab_whatif, tab_advice = st.tabs(["Gradients vs fp16", "Skipped steps", "Scaler what-if", "Advice"])
+with tab_skips:
+    skips = skipped_rows(run)
+    if not skips:
+        st.caption("No skipped steps in this run" + ("" if run.config.get("precision") in ("16-mixed", "16") else ": only fp16 runs have a GradScaler that skips") + ".")
+    else:
+        st.dataframe(pd.DataFrame(skips), hide_index=True, column_config={
+            "scale_before": st.column_config.NumberColumn("scale before", format="%.6g"),
+            "scale_after": st.column_config.NumberColumn("scale after", format="%.6g"),
+            "nonfinite": "inf or NaN", "param": "first parameter holding one", "scheduler_stepped": "LR scheduler stepped",
+        })
+        st.caption("The parameter is the first, in backward order, whose gradient held inf or NaN: where the overflow began. "
+                   "Recorded on the device with the monitor's other values; runs recorded before the ledger show only the step.")
 with tab_grad:
     hists = load_histograms(run.path)
     if not hists:

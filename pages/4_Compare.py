@@ -56,7 +56,7 @@ if start:
     else:
         st.session_state["group"] = st.query_params["group"] = configs[0].compare_group
 
-groups = {g["group"]: g for g in compare.list_groups(ui_common.runs_dir())}
+groups = {g["group"]: g for g in compare.list_groups(ui_common.runs_dir(), include_recordings=True)}
 given = st.query_params.get("group")
 if given is not None and given not in groups:
     st.warning("The comparison named in the link is not in this runs directory; it was ignored.")
@@ -70,7 +70,8 @@ if not groups:
 # The page keeps `?group=` itself rather than bind="query-params": a bound select leaves its default
 # (the first option, here the newest comparison) out of the URL, so the link of a new comparison named
 # nothing and showed whichever comparison was newest when it was opened.
-group = st.selectbox("Comparison", list(groups), key="group", help="Newest first; the link names the one shown.",
+group = st.selectbox("Comparison", list(groups), key="group", help="Newest first; the link names the one shown. 🎞: a shipped recording.",
+                     format_func=lambda g: f"🎞 {g} (recording)" if groups[g]["recording"] else g,
                      on_change=lambda: st.query_params.update(group=st.session_state["group"]))
 if st.query_params.get("group") != group:
     st.query_params["group"] = group
@@ -80,7 +81,7 @@ live = any(s not in FINAL_STATES for s in groups[group]["states"])
 
 @st.fragment(run_every=ui_common.LIVE_EVERY_S if live else None)
 def progress_and_table() -> None:
-    summary = compare.summarize_group(compare.group_runs(ui_common.runs_dir(), group))
+    summary = compare.summarize_group(compare.group_runs(ui_common.runs_dir(), group, include_recordings=True))
     rows = summary["rows"]
     if not summary["complete"]:
         done = sum(r["state"] in FINAL_STATES for r in rows)
@@ -127,7 +128,7 @@ progress_and_table()
 if live:
     st.stop()
 
-summary = compare.summarize_group(compare.group_runs(ui_common.runs_dir(), group))
+summary = compare.summarize_group(compare.group_runs(ui_common.runs_dir(), group, include_recordings=True))
 t = summary["targets"]
 st.caption(f"Targets against {summary['baseline']}: speedup ≥ {t['speedup']}x, memory reduction ≥ {t['memory_reduction']:.0%}, "
            f"|loss diff| < {t['loss_diff']}. Verdict per run: "
@@ -139,7 +140,7 @@ c1.plotly_chart(compare.bar_figure(summary, "median_step_ms"), key="cmp-step")
 c2.plotly_chart(compare.bar_figure(summary, "tflops"), key="cmp-tflops")
 c1.plotly_chart(compare.bar_figure(summary, "memory_mib"), key="cmp-memory")
 c2.plotly_chart(compare.ratio_figure(summary), key="cmp-ratio")
-runs = compare.group_runs(ui_common.runs_dir(), group)
+runs = compare.group_runs(ui_common.runs_dir(), group, include_recordings=True)
 st.plotly_chart(compare.loss_figure(runs), key="cmp-loss")
 st.caption("Open each run on the Runs page:")
 for r in runs:
