@@ -7,7 +7,7 @@ from streamlit.errors import StreamlitPageNotFoundError
 
 from amp_core import compare
 from amp_core.config import widget_bounds
-from amp_core.runs import ACTIVE_STATES, FINAL_STATES
+from amp_core.runs import ACTIVE_STATES
 from amp_core.train import ConfigError
 
 st.set_page_config(page_title="Compare · AMP Explorer", page_icon="⚖️", layout="wide")
@@ -76,19 +76,21 @@ group = st.selectbox("Comparison", list(groups), key="group", help="Newest first
 if st.query_params.get("group") != group:
     st.query_params["group"] = group
 st.caption(f"{', '.join(groups[group]['variants'])} · {groups[group]['settings']} · started {groups[group]['created_at'][:19].replace('T', ' ')} UTC")
-live = any(s not in FINAL_STATES for s in groups[group]["states"])
+# Live while a run is queued or going; a damaged record's "unknown" state is not a run that will end.
+live = any(s in ACTIVE_STATES for s in groups[group]["states"])
 
 
 @st.fragment(run_every=ui_common.LIVE_EVERY_S if live else None)
 def progress_and_table() -> None:
     summary = compare.summarize_group(compare.group_runs(ui_common.runs_dir(), group, include_recordings=True))
     rows = summary["rows"]
-    if not summary["complete"]:
-        done = sum(r["state"] in FINAL_STATES for r in rows)
-        now = ", ".join(f"{r['variant']} {ui_common.STATE_BADGES.get(r['state'], r['state'])} (step {r['steps']})" for r in rows if r["state"] in ACTIVE_STATES)
-        st.progress(done / max(1, len(rows)), text=f"{done} of {len(rows)} runs done · {now}")
+    going = [r for r in rows if r["state"] in ACTIVE_STATES]
+    if going:  # a damaged record (state unknown) is not going: it neither counts as running nor holds the page live
+        now = ", ".join(f"{r['variant']} {ui_common.STATE_BADGES.get(r['state'], r['state'])} (step {r['steps']})" for r in going)
+        done = len(rows) - len(going)
+        st.progress(done / max(1, len(rows)), text=f"{done} of {len(rows)} runs ended · {now}")
         if st.button("Stop comparison"):
-            st.toast("; ".join(f"{r['variant']}: {launcher.stop(r['run_id'])}" for r in rows if r["state"] in ACTIVE_STATES))
+            st.toast("; ".join(f"{r['variant']}: {launcher.stop(r['run_id'])}" for r in going))
     unit, factor = compare.flops_unit(rows)
     table = pd.DataFrame(rows).assign(peak_share=[compare.peak_label(r) for r in rows],
                                       flops=[None if r["tflops"] is None else r["tflops"] * factor for r in rows])
@@ -120,7 +122,7 @@ def progress_and_table() -> None:
     if too_few.any():
         st.warning(f"Too few timed steps for a verdict ({compare.MIN_TIMED_STEPS} needed): " + ", ".join(table["variant"][too_few])
                    + f". Run the comparison again with {compare.min_comparison_steps()} steps or more.")
-    if live and summary["complete"]:
+    if live and not going:
         st.rerun(scope="app")  # all runs ended: draw the charts once, without the timer
 
 

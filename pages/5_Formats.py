@@ -69,7 +69,23 @@ st.caption(" · ".join(f"**{v}**: {meaning}" for v, meaning in VERDICTS.items())
 st.subheader("Where a gradient lands")
 c1, c2 = st.columns(2)
 gradient = c1.number_input("Gradient value", value=1e-8, format="%.6g", key="gradient", bind="query-params")
-scale_log2 = c2.number_input("Loss scale, log2", min_value=-24, max_value=126, value=16, step=1, key="scale_log2", bind="query-params",
+# This one keeps its URL value itself instead of bind="query-params": Streamlit 1.67 seeds a bound int
+# number_input from the link with int(value) before its range check, so `?scale_log2=1e400` (float inf)
+# raised OverflowError inside Streamlit, and a page cannot drop the value first (a bound widget reads the
+# URL the session started with). The link was checked above; a valid one sets the widget.
+if (linked := st.query_params.get("scale_log2")) is not None:
+    st.session_state["scale_log2"] = int(linked)
+st.session_state.setdefault("scale_log2", 16)
+
+
+def scale_to_url() -> None:
+    if st.session_state["scale_log2"] == 16:
+        st.query_params.pop("scale_log2", None)  # the default stays out of the link, as bound widgets do
+    else:
+        st.query_params["scale_log2"] = str(st.session_state["scale_log2"])
+
+
+scale_log2 = c2.number_input("Loss scale, log2", min_value=-24, max_value=126, step=1, key="scale_log2", on_change=scale_to_url,
                              help="torch's GradScaler starts at 2^16.")
 st.plotly_chart(number_line_figure(gradient, 2.0**scale_log2), key="number-line")
 

@@ -169,3 +169,24 @@ def test_a_barely_timed_comparison_is_greyed_without_verdicts(app_env, figures):
     assert "bf16-mixed** too few steps" in " ".join(c.value for c in at.caption)
     step = next(f for f in figures(at) if f.layout.title.text.startswith("Median step time"))
     assert list(step.data[0].marker.color) == [compare_figures.GREY, compare_figures.GREY]
+
+
+def test_a_damaged_run_does_not_hold_the_comparison_live(app_env, recorded, monkeypatch, figures, tmp_path):
+    """Found by the random-interaction test: a record whose status is unreadable (state unknown) kept the page
+    live forever, with a Stop button whose click raised (an empty toast)."""
+    import shutil
+
+    d, groups = recorded
+    copy = tmp_path / "damaged"
+    shutil.copytree(d, copy)
+    victim = next(r for r in compare.group_runs(copy, groups["three"]) if r.precision == "bf16-mixed")
+    (victim.path / "status.json").write_text("{not json")
+    assert load_run(victim.path).state not in FINAL_STATES
+    monkeypatch.setenv("AMP_RUNS_DIR", str(copy))
+    at = page()
+    at.query_params["group"] = groups["three"]
+    at.run()
+    assert not at.exception
+    assert not [b for b in at.button if b.label == "Stop comparison"]
+    assert not at.get("progress")
+    assert len(figures(at)) >= 4  # the charts are drawn: the page is not waiting for a run that will never end

@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from amp_core.formats import formats
@@ -88,3 +89,23 @@ def test_number_line_has_a_bar_per_format_and_two_markers(app_env, figures):
     assert dict(zip(gradient.y, gradient.marker.symbol))["fp16"] == "x"  # underflows
     assert dict(zip(scaled.y, scaled.marker.symbol))["fp16"] == "circle"  # the loss scale rescues it
     assert fig.layout.xaxis.ticktext[0].startswith("2<sup>")
+
+
+@pytest.mark.parametrize("junk", ["1e400", "inf", "-1e999", "nan", "127", "x"])
+def test_out_of_range_scale_link_is_a_notice_not_a_crash(app_env, junk):
+    """Found by the random-interaction test: `?scale_log2=1e400` raised OverflowError inside Streamlit's bound int widget."""
+    at = page()
+    at.query_params["scale_log2"] = junk
+    at.run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == ["Ignored the link's `scale_log2`: it is not a number this page accepts."]
+    assert at.number_input(key="scale_log2").value == 16
+
+
+def test_scale_change_goes_into_the_link(app_env):
+    at = page()
+    at.run()
+    at.number_input(key="scale_log2").set_value(20).run()
+    assert not at.exception and at.query_params["scale_log2"] in ("20", ["20"])
+    at.number_input(key="scale_log2").set_value(16).run()
+    assert "scale_log2" not in at.query_params
