@@ -45,7 +45,11 @@ CAPS = {"env": 60, "tests": 220, "monitor": 130, "compare-mlp": 170, "recordings
 CPU_CAPS = {"recordings": 260}  # the rehearsal: six CPU-sized runs on a small shared CPU take longer than on the GPU machine
 COMPARE = {  # (precisions, hidden, depth, batch, steps): matmul-bound on a GPU, seconds on a CPU
     "gpu": ("32-true,32-true+tf32,bf16-mixed,16-mixed", 8192, 4, 8192, 50),
-    "cpu": ("32-true,bf16-mixed", 64, 1, 32, 12),
+    "cpu": ("32-true,bf16-mixed", 64, 1, 32, 17),  # 17: the fewest steps a comparison times (compare.min_comparison_steps)
+}
+GPT_SIZE = {  # a GPT a GPU is matmul-bound on (~25M parameters, 8k tokens a step); the workload's defaults on a CPU
+    "gpu": ["--layers", "8", "--heads", "8", "--width", "512", "--context", "256", "--batch-size", "32"],
+    "cpu": ["--batch-size", "16"],
 }
 SUMMARY_LINE = re.compile(r"^=*\s*(\d+ (passed|failed|skipped|deselected|error|errors)\b.*?)\s*=*$")
 
@@ -181,7 +185,7 @@ def test_files() -> list[str]:
 
 def compare_argv(accelerator: str, runs_dir: Path, json_out: Path, workload: str | None = None) -> list[str]:
     precisions, hidden, depth, batch, steps = COMPARE[accelerator]
-    size = ["--hidden", str(hidden), "--depth", str(depth), "--batch-size", str(batch)] if workload is None else ["--workload", workload, "--batch-size", "64"]
+    size = ["--hidden", str(hidden), "--depth", str(depth), "--batch-size", str(batch)] if workload is None else ["--workload", workload, *GPT_SIZE[accelerator]]
     return [PY, "-m", "amp_core.compare", "--accelerator", accelerator, "--precisions", precisions, *size,
             "--max-steps", str(steps), "--runs-dir", str(runs_dir), "--json", str(json_out)]
 

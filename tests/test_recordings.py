@@ -47,7 +47,7 @@ def staged(tmp_path_factory) -> dict[str, Path]:
     fp16 = dict(SMALL, precision="16-mixed", max_steps=40, init_scale=2.0**24, growth_interval=5, histogram_every=10, runs_dir=str(staging))
     out["fp16"] = run(RunConfig(**fp16)).path
     out["injected"] = run(RunConfig(**{**fp16, "init_scale": 2.0**10, "inject_overflow": (20,)})).path
-    configs = compare.plan(["32-true", "bf16-mixed"], on_cuda=False, max_steps=8, runs_dir=str(staging), **{k: v for k, v in SMALL.items() if k != "wandb"})
+    configs = compare.plan(["32-true", "bf16-mixed"], on_cuda=False, max_steps=compare.min_comparison_steps(), runs_dir=str(staging), **{k: v for k, v in SMALL.items() if k != "wandb"})
     out["compare"] = [run(c).path for c in configs]
     out["group"] = configs[0].compare_group
     return out
