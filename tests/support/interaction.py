@@ -1,0 +1,188 @@
+"""Random widget actions on a Streamlit AppTest, as a user takes them in the browser.
+
+`random_session(data, at, steps)` draws, one after another, an action on whatever the page shows now
+(which widgets exist depends on the earlier actions), performs it, reruns the page and checks that no
+exception element appeared. Actions: every option of selectboxes, radios, select sliders and
+multiselects; checkboxes and toggles; number inputs at, inside and past their bounds; junk in text
+inputs; buttons (form submit buttons too); following a page link; a plain rerun (time passes: live
+views redraw, queued runs start).
+
+The one thing AppTest does not do that the browser does: for a widget with `bind="query-params"`, the
+browser's widget manager writes the widget's new value into the URL (the value as sent over the
+wire: for a selectbox, its *formatted label*), and the rerun the change triggers reads it back from
+`st.query_params`; a value equal to the widget's default removes the parameter instead. AppTest
+leaves the URL alone (widget -> URL writes never show in `at.query_params`). `mirror_url_write`
+does what the frontend does (streamlit/static/.../useBasicWidgetState: `shouldClearUrlParam`,
+`updateUrlParam`), so a page that cannot read its own widget's URL value fails here as it fails in
+the browser.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from hypothesis import strategies as st
+from streamlit.runtime.state.query_params import _coerce_value_for_query_url
+from streamlit.testing.v1 import AppTest
+
+# Text a user might type or paste: empty, spaces, separators, numbers past every range, markup, control
+# characters, very long input; and arbitrary unicode on top.
+JUNK_TEXT = [
+    "", " ", ",", ", ,", "0", "-1", "1, 2, 3", "10, x", "1,,2", "1e309", "-0", "nan", "inf", "9" * 40,
+    "<script>alert(1)</script>", "../../etc/passwd", "\x00", "\n\t", "émoji 🧪", "x" * 2000,
+]
+JUNK_LINK = ["", "junk", "../../etc/passwd", "<script>alert(1)</script>", "%00", "x" * 300, "1e999", "NaN", "-1", "true", " "]
+# Download buttons are left out: with on_click="ignore" they do not rerun, and their data is made only
+# when the browser fetches it (the browser journeys check the files).
+WIDGET_KINDS = ("selectbox", "multiselect", "radio", "select_slider", "checkbox", "toggle", "number_input", "text_input", "text_area", "button")
+
+
+@dataclass
+class Action:
+    describe: str
+    perform: Callable[[], None]
+
+
+def _page_files(main_script: Path) -> dict[str, str]:
+    """url path name -> script path relative to the main script, as Streamlit names pages/ files."""
+    pages = sorted((main_script.parent / "pages").glob("*.py"))
+    return {re.sub(r"^\d+_", "", p.stem): str(p.relative_to(main_script.parent)) for p in pages}
+
+
+def interactive_widgets(at: AppTest) -> list:
+    """The widgets on the page now that a user can act on (not disabled), in page order per kind."""
+    found = []
+    for kind in WIDGET_KINDS:
+        found.extend(w for w in getattr(at, kind) if not getattr(w.proto, "disabled", False))
+    return found
+
+
+def _number_values(w) -> st.SearchStrategy:
+    is_int = w.proto.data_type == w.proto.DataType.INT
+    step = w.step or 1
+    lo, hi = w.min, w.max
+    edges = [w.value, 0, 1, -1]
+    if lo is not None:
+        edges += [lo, lo - step, lo + step]
+    if hi is not None:
+        edges += [hi, hi + step, hi - step]
+    if is_int:
+        edges += [2**63, -(2**63)]
+        inside = st.integers(min_value=int(lo) if lo is not None else -(2**53), max_value=int(hi) if hi is not None else 2**53)
+    else:
+        edges += [1e308, -1e308, 1e-300, 5e-324, 65504.0, 65520.0, 1e-8]
+        inside = st.floats(min_value=lo, max_value=hi, allow_nan=False, allow_infinity=False)
+    edges = [int(v) if is_int else float(v) for v in edges if v is not None and math.isfinite(v)]
+    return st.one_of(st.sampled_from(edges), inside)
+
+
+def _text_values(w) -> st.SearchStrategy:
+    text = st.one_of(st.sampled_from(JUNK_TEXT), st.text(max_size=60))
+    limit = getattr(w.proto, "max_chars", 0)
+    return text.map(lambda s: s[:limit]) if limit else text
+
+
+def _value_strategy(w) -> st.SearchStrategy | None:
+    """What a user can set this widget to (None: the widget is a button, it is clicked)."""
+    if w.type in ("selectbox", "radio", "select_slider"):
+        return st.sampled_from(list(w.options)) if w.options else None
+    if w.type == "multiselect":
+        most = w.proto.max_selections or len(w.options)
+        return st.lists(st.sampled_from(list(w.options)), max_size=most, unique=True) if w.options else st.just([])
+    if w.type in ("checkbox", "toggle"):
+        return st.booleans()
+    if w.type == "number_input":
+        return _number_values(w)
+    if w.type in ("text_input", "text_area"):
+        return _text_values(w)
+    assert w.type == "button", f"no value strategy for a {w.type}"
+    return None
+
+
+def _frontend_default(w) -> Any:
+    """The default the browser compares a bound widget's value with (its value on the wire)."""
+    if w.type in ("selectbox", "radio"):
+        return w.options[w.proto.default] if w.options else None
+    if w.type == "multiselect":
+        return [w.options[i] for i in w.proto.default]
+    if w.type in ("checkbox", "toggle", "number_input"):
+        return w.proto.default
+    raise NotImplementedError(f"mirror_url_write does not know how the browser writes a bound {w.type} into the URL")
+
+
+def mirror_url_write(at: AppTest, w) -> None:
+    """Write a bound widget's new value into the URL, or remove it at the default, as the browser does."""
+    key = getattr(w.proto, "query_param_key", "")
+    if not key:
+        return
+    ws = w._widget_state
+    field = ws.WhichOneof("value")
+    value = getattr(ws, field) if field else None
+    if field and field.endswith("_array_value"):
+        value = list(value.data)
+    default = _frontend_default(w)
+    if value is None or value in ("", []) or _coerce_value_for_query_url(value, field) == _coerce_value_for_query_url(default, field):
+        at.query_params.pop(key, None)
+    else:
+        at.query_params[key] = _coerce_value_for_query_url(value, field)
+
+
+def _set_widget(at: AppTest, w, value: Any) -> None:
+    if value is None:
+        w.click()
+    else:
+        w.set_value(value)
+    mirror_url_write(at, w)
+    at.run()
+
+
+def draw_action(data, at: AppTest, main_script: Path) -> Action:
+    """One action on the page as it is now, drawn from what it shows."""
+    widgets = interactive_widgets(at)
+    pages = _page_files(main_script)
+    links = [link.proto.page for link in at.get("page_link") if link.proto.page in pages]
+    choices = ["rerun"] + [f"link:{p}" for p in links] + list(range(len(widgets)))
+    choice = data.draw(st.sampled_from(choices), label="action")
+    if choice == "rerun":
+        return Action("rerun", lambda: at.run())
+    if isinstance(choice, str):
+        target = pages[choice.removeprefix("link:")]
+        return Action(f"follow the page link to {target}", lambda: at.switch_page(target).run())
+    w = widgets[choice]
+    strategy = _value_strategy(w)
+    value = None if strategy is None else data.draw(strategy, label=f"{w.type} {w.label!r}")
+    verb = "click" if value is None else f"set to {value!r:.120}"
+    return Action(f"{w.type} {w.label!r}: {verb}", lambda: _set_widget(at, w, value))
+
+
+def exception_texts(at: AppTest) -> list[str]:
+    return [f"{e.proto.type}: {e.value}" for e in at.exception]
+
+
+def random_session(data, at: AppTest, main_script: Path, steps: int, log: list[str]) -> None:
+    """Perform `steps` random actions, each followed by a rerun; fail at the first exception element."""
+    for _ in range(steps):
+        action = draw_action(data, at, main_script)
+        log.append(action.describe)
+        action.perform()
+        shown = exception_texts(at)
+        assert not shown, "exception after: " + " -> ".join(log) + "\n" + "\n".join(shown)
+
+
+# page script -> {"sequences", "actions", "seconds", "outcome"}: filled by the random-interaction tests,
+# printed in pytest's terminal summary (tests/app/conftest.py), with or without -s.
+REPORT: dict[str, dict] = {}
+
+
+def report_lines() -> list[str]:
+    if not REPORT:
+        return []
+    lines = [f"{page}: {r['sequences']} sequences, {r['actions']} actions, {r['seconds']:.0f} s, {r['outcome']}" for page, r in REPORT.items()]
+    total = sum(r["sequences"] for r in REPORT.values())
+    lines.append(f"total: {total} random sequences, {sum(r['actions'] for r in REPORT.values())} actions, "
+                 f"{sum(r['seconds'] for r in REPORT.values()):.0f} s")
+    return lines
