@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
 from hypothesis import strategies as st
-from streamlit.runtime.state.query_params import _coerce_value_for_query_url
 from streamlit.testing.v1 import AppTest
 
 # Text a user might type or paste: empty, spaces, separators, numbers past every range, markup, control
@@ -114,21 +114,63 @@ def _frontend_default(w) -> Any:
     raise NotImplementedError(f"mirror_url_write does not know how the browser writes a bound {w.type} into the URL")
 
 
+def js_string(value: Any) -> str:
+    """JavaScript's String(value) for what a widget sends: the frontend writes numbers into the URL so.
+
+    (1e-8 -> "1e-8", 16.0 -> "16", 1e21 -> "1e+21", True -> "true"; Python's str differs for all four.)
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    x = float(value)
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x) or x == 0:
+        return {math.inf: "Infinity", -math.inf: "-Infinity"}.get(x, "0")
+    if x < 0:
+        return "-" + js_string(-x)
+    # ECMAScript Number::toString: the shortest digits (Python's repr finds the same ones), k of them,
+    # worth digits x 10^(n-k); plain notation for 1e-7 < x < 1e21, exponent notation outside.
+    sign, digits, exponent = Decimal(repr(x)).normalize().as_tuple()
+    d = "".join(map(str, digits))
+    k, n = len(d), exponent + len(d)
+    if k <= n <= 21:
+        return d + "0" * (n - k)
+    if 0 < n <= 21:
+        return f"{d[:n]}.{d[n:]}"
+    if -6 < n <= 0:
+        return "0." + "0" * -n + d
+    e = f"e{'+' if n - 1 >= 0 else '-'}{abs(n - 1)}"
+    return d + e if k == 1 else f"{d[0]}.{d[1:]}{e}"
+
+
+def _url_value(value: Any) -> str | list[str]:
+    return [js_string(v) for v in value] if isinstance(value, list) else js_string(value)
+
+
+def _frontend_accepts(w) -> bool:
+    """The browser commits a number input only inside its bounds (else it shows "Number is outside the
+    allowed range" and sends nothing): such a value is still sent here, to the server, but not to the URL."""
+    if w.type != "number_input" or w.value is None:
+        return True
+    return (w.min is None or w.value >= w.min) and (w.max is None or w.value <= w.max)
+
+
 def mirror_url_write(at: AppTest, w) -> None:
     """Write a bound widget's new value into the URL, or remove it at the default, as the browser does."""
     key = getattr(w.proto, "query_param_key", "")
-    if not key:
+    if not key or not _frontend_accepts(w):
         return
     ws = w._widget_state
     field = ws.WhichOneof("value")
     value = getattr(ws, field) if field else None
     if field and field.endswith("_array_value"):
-        value = list(value.data)
-    default = _frontend_default(w)
-    if value is None or value in ("", []) or _coerce_value_for_query_url(value, field) == _coerce_value_for_query_url(default, field):
+        value = [v for v in value.data if v != ""]
+    if value is None or value in ("", []) or _url_value(value) == _url_value(_frontend_default(w)):
         at.query_params.pop(key, None)
     else:
-        at.query_params[key] = _coerce_value_for_query_url(value, field)
+        at.query_params[key] = _url_value(value)
 
 
 def _set_widget(at: AppTest, w, value: Any) -> None:
