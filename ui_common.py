@@ -65,6 +65,20 @@ def valid_run_id(run_id: str | None) -> str | None:
     return run_id
 
 
+def fitted_columns(frame, labels: dict | None = None, px_per_char: float = 7.5, pad_px: int = 32, max_px: int = 1400) -> dict:
+    """A column_config that makes each column as wide as its widest cell or header.
+
+    st.dataframe sizes columns itself but caps their width and cuts long text off with an ellipsis
+    (its cells are drawn on a canvas, so they do not wrap); explicit pixel widths show them whole."""
+    labels = labels or {}
+    config = {}
+    for name in frame.columns:
+        label = labels.get(name, str(name))
+        longest = max([len(label), *(len(str(v)) for v in frame[name])])
+        config[name] = st.column_config.Column(label, width=min(max_px, int(longest * px_per_char) + pad_px))
+    return config
+
+
 STATE_BADGES = {
     "queued": ":orange[queued]",
     "starting": ":orange[starting]",

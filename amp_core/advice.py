@@ -12,6 +12,9 @@ from amp_core.runs import Run, load_histograms
 
 SKIPPED_SHARE_LIMIT = 0.02
 UNDERFLOW_SHARE_LIMIT = 0.01
+# The Train page's initial scale, 2^24: higher than this model needs on purpose, so that a short run shows backoffs.
+DEMO_INIT_SCALE_LOG2 = 24
+TORCH_INIT_SCALE_LOG2 = 16
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,15 @@ def advise(run: Run) -> list[Advice]:
     init = float(run.config.get("init_scale") or scale[0])
     if lead >= 3:
         better = init * float(run.config.get("backoff_factor", 0.5)) ** lead
-        out.append(Advice("info", f"The initial scale was too high: the first {lead} steps were skipped",
-                          f"init scale {init:.3g} = 2^{math.log2(init):.0f}; the first clean step ran at {scale[lead]:.3g}",
-                          f"Start near {better:.3g} (2^{math.log2(better):.0f}) to save {lead} batches; GradScaler finds it anyway, "
+        demo = init == 2.0**DEMO_INIT_SCALE_LOG2
+        finding = (f"The first {lead} steps were skipped while the scale backed off from the demo's 2^{DEMO_INIT_SCALE_LOG2}" if demo
+                   else f"The initial scale was too high: the first {lead} steps were skipped")
+        why = (f"2^{DEMO_INIT_SCALE_LOG2} is the Train page's default, chosen above what this model needs so that backoffs show "
+               f"in a short run (torch's default is 2^{TORCH_INIT_SCALE_LOG2}). Outside a demo, s" if demo else "S")
+        out.append(Advice("info", finding,
+                          f"init scale {init:.3g} = 2^{math.log2(init):.0f}; "
+                          + (f"the first clean step ran at {scale[lead]:.3g}" if lead < len(m) else f"no step of {len(m)} was clean"),
+                          f"{why}tart near {better:.3g} (2^{math.log2(better):.0f}) to save {lead} batches; GradScaler finds it anyway, "
                           "so this matters for short runs."))
     later = natural[lead:]
     if len(later) >= 20 and later.mean() > SKIPPED_SHARE_LIMIT:
@@ -88,3 +97,32 @@ def advise(run: Run) -> list[Advice]:
                           f"{int(natural.sum())} natural overflow(s) in {len(m)} steps; final scale {scale[-1]:.3g}",
                           "Nothing to change." if not injected else f"Injected overflows at steps {sorted(injected)} were skipped as expected."))
     return out
+
+
+def scaler_expectation(config: dict) -> str | None:
+    """What the GradScaler settings of a run let its loss-scale line do, in a sentence or two; None without a scaler.
+
+    Growth needs `growth_interval` clean steps in a row, so an interval at or above the run's length leaves
+    the scale unable to grow; whether it backs off depends on the gradients overflowing fp16 at that scale."""
+    if config.get("precision") not in ("16-mixed", "16"):
+        return None
+    steps = int(config.get("max_steps") or 0)
+    interval = int(config.get("growth_interval") or 2000)
+    factor = float(config.get("growth_factor") or 2.0)
+    init = float(config.get("init_scale") or 2.0**TORCH_INIT_SCALE_LOG2)
+    init_text = f"2^{math.log2(init):.0f}" if math.log2(init).is_integer() else f"{init:.3g}"
+    if interval >= steps:
+        grow = (f"With growth interval {interval}, the scale grows only after {interval} clean steps in a row, so within "
+                f"{steps} steps it cannot grow")
+    else:
+        grow = f"The scale can grow ×{factor:g} after every {interval} clean steps in a row: at most {steps // interval} times in {steps} steps"
+    if init > 2.0**TORCH_INIT_SCALE_LOG2:
+        back = (f"starting at {init_text}, above torch's 2^{TORCH_INIT_SCALE_LOG2}, the first steps are likely to overflow and "
+                "back off until the scaled gradients fit fp16")
+    else:
+        back = (f"at {init_text} this small model's scaled gradients may never overflow fp16, so there may be no backoff at all"
+                + (" and the line stays flat" if interval >= steps else ""))
+    injected = config.get("inject_overflow") or ()
+    backoff = float(config.get("backoff_factor") or 0.5)
+    extra = f" Each injected overflow (steps {', '.join(map(str, injected))}) multiplies it by {backoff:g}." if injected else ""
+    return f"{grow}; {back}.{extra}"

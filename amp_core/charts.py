@@ -53,14 +53,44 @@ def _pow2_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     return [2.0**e for e in exps], [f"2<sup>{e}</sup>" for e in exps]
 
 
+def _log10_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Ticks for a log axis from lo to hi, each written in full ('0.2', '2', '2e-05').
+
+    Plotly's own log ticks label the minor ticks by their leading digit only ("2 3 ... 9"), so 0.2
+    and 2 read alike."""
+    a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    decades = math.log10(hi / lo)
+    if decades < 0.7:  # a narrow range: evenly spaced round numbers read best
+        step = 10.0 ** math.floor(math.log10((hi - lo) / 4 or hi))
+        step *= next(m for m in (1, 2, 5, 10) if (hi - lo) / (step * m) <= 6)
+        vals = [round(k * step, 12) for k in range(math.floor(lo / step), math.ceil(hi / step) + 1) if k > 0]
+        return vals, [f"{v:.6g}" for v in vals]
+    mantissas = (1, 2, 3, 5) if decades <= 1.5 else (1, 2, 5) if decades <= 4 else (1,)
+    step = 1 if len(mantissas) > 1 else max(1, math.ceil((b - a + 1) / 10))
+    vals = [m * 10.0**e for e in range(a, b + 1, step) for m in mantissas]
+    vals = [v for v in vals if lo / 1.5 <= v <= hi * 1.5] or [10.0**a, 10.0**b]
+    return vals, [f"{v:g}" if 1e-4 <= v < 1e5 else f"{v:.0e}" for v in vals]
+
+
+def short_label(run_id: str) -> str:
+    """A run id shortened for legends: '20261202-010709-16-mixed-4bb0ee' -> '16-mixed 4bb0ee'.
+
+    The timestamp is dropped; the random suffix keeps two runs of the same precision apart."""
+    parts = run_id.split("-")
+    if len(parts) >= 4 and parts[0].isdigit() and len(parts[0]) == 8 and parts[1].isdigit():
+        return f"{'-'.join(parts[2:-1])} {parts[-1]}"
+    return run_id
+
+
 def _layout(fig: go.Figure, title: str, ytitle: str, height: int = 320) -> go.Figure:
     fig.update_layout(
         title=title,
         height=height,
-        margin=dict(l=60, r=20, t=50, b=40),
+        margin=dict(l=60, r=20, t=70, b=40),
         xaxis_title="optimizer step",
         yaxis_title=ytitle,
-        legend=dict(orientation="h", y=-0.2),
+        # Above the plot, right-aligned: below it, a legend collides with the x-axis title.
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0),
         uirevision="keep",  # keeps a user's zoom across redraws of the same chart where Plotly can
     )
     return fig
@@ -112,14 +142,20 @@ def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)"
 
 def _dense_figure(series: Iterable[Series], column: str, title: str, ytitle: str, log: bool = False, max_points: int = MAX_POINTS) -> go.Figure:
     fig = go.Figure()
+    positive: list[float] = []  # the log axis's data range, for its ticks
     for i, (label, m) in enumerate(series):
         y = getattr(m, column)
-        keep = ~np.isnan(y) & (y > 0 if log else True)
+        keep = np.isfinite(y) & (y > 0 if log else True)
         x, y = downsample(m.step[keep], y[keep], max_points)
+        if log and len(y):
+            positive += [float(y.min()), float(y.max())]
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=label, line=dict(color=PALETTE[i % len(PALETTE)])))
     _layout(fig, title, ytitle)
     if log:
         fig.update_yaxes(type="log")
+        if positive:
+            tickvals, ticktext = _log10_ticks(min(positive), max(positive))
+            fig.update_yaxes(tickvals=tickvals, ticktext=ticktext)
     return fig
 
 

@@ -108,6 +108,10 @@ class RunConfig:
             self.precision = normalize_precision(self.precision)
         except ValueError as e:
             raise ConfigError(str(e).splitlines()[0]) from None
+        from amp_core.preflight import missing_precision_package
+
+        if missing := missing_precision_package(self.precision):  # refused here, not as a failed run after it started
+            raise ConfigError(missing)
         if self.accelerator not in ACCELERATORS:
             raise ConfigError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {_shown(self.accelerator)}")
         if self.wandb not in WANDB_MODES:
@@ -487,7 +491,9 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
     except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
         writer.set_status("stopped", ended_at=now_iso(), error="interrupted by the user")
     except BaseException as e:
-        writer.set_status("failed", ended_at=now_iso(), error=f"{type(e).__name__}: {e}".strip(), traceback=traceback.format_exc(limit=-20))  # the innermost frames: where it failed
+        from amp_core.preflight import failure_hint
+
+        writer.set_status("failed", ended_at=now_iso(), error=f"{type(e).__name__}: {e}".strip() + failure_hint(config.precision, e), traceback=traceback.format_exc(limit=-20))  # the innermost frames: where it failed
         raise
     finally:
         writer.close()
@@ -568,6 +574,7 @@ def config_from_args(argv: list[str] | None) -> RunConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    config = None
     try:
         config = config_from_args(argv)
         writer = run(config)
@@ -575,7 +582,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"amp_core.train: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        print(f"amp_core.train: the run failed: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        from amp_core.preflight import failure_hint
+
+        hint = failure_hint(config.precision, e) if config is not None else ""
+        print(f"amp_core.train: the run failed: {type(e).__name__}: {e}".splitlines()[0] + hint, file=sys.stderr)
         return 1
     if global_rank() != 0:
         return 0  # rank 0 reports

@@ -1,6 +1,6 @@
 """Precision: the four toggles -> the project's rule -> what Lightning really does with it."""
 
-import ui_common  # first: it does the heavy imports once (see there)  # noqa: F401
+import ui_common  # first: it does the heavy imports once (see there)
 import pandas as pd
 import streamlit as st
 
@@ -17,10 +17,14 @@ st.caption(
 VALUES = lightning_precision_values()
 USE_AMP = {"None": None, "True": True, "False": False}
 
-for name, allowed in (("precision", VALUES), ("use_amp", tuple(USE_AMP))):
+# Checked here, before the widgets bind to them: Streamlit drops a bound value it cannot use
+# (cuda=yes, gpu=0) without a word, and a bound key cannot be deleted after its widget exists.
+# Checkboxes read true/false in any case, as Streamlit's own URL parser does.
+for name, allowed, fold in (("precision", VALUES, str), ("use_amp", tuple(USE_AMP), str), ("cuda", ("true", "false"), str.lower),
+                            ("gpu", ("true", "false"), str.lower)):
     given = st.query_params.get(name)
-    if given is not None and given not in allowed:
-        st.warning(f"Ignored the link's {name} value: it is not one of the allowed values.")
+    if given is not None and fold(given) not in allowed:
+        st.warning(f"Ignored the link's {name} value: it is not one of the allowed values ({', '.join(allowed)}).")
         del st.query_params[name]
 
 c1, c2, c3, c4 = st.columns(4)
@@ -33,6 +37,14 @@ use_gpu = c4.checkbox("Use GPU", value=True, key="gpu", bind="query-params")
 use_amp = USE_AMP[use_amp_label]
 
 r = resolve_precision(requested, use_amp, cuda_available, use_gpu)
+st.caption(
+    "The project's rule, kept as written: with use_amp None it passes the requested precision on; with use_amp True on a "
+    "usable GPU it returns '16' whatever was requested, so a **bf16** request (bf16-mixed, bf16) becomes fp16 AMP with a "
+    "GradScaler, and Lightning then warns about the legacy '16'; otherwise it returns '32'."
+)
+if use_amp is True and cuda_available and use_gpu and "bf16" in str(requested):
+    st.warning(f"The rule turned this bf16 request ({requested!r}) into '16': it trains in fp16 with loss scaling, not in bf16. "
+               "To train in bf16, leave use_amp None.")
 
 st.subheader("Resolved mode")
 m1, m2, m3, m4 = st.columns(4)
@@ -51,11 +63,8 @@ for text in r.warnings:
 if r.error:
     st.error(f"Lightning refuses this configuration: {r.error}")
 
-st.dataframe(
-    pd.DataFrame(r.steps(), columns=["step", "value", "why"]),
-    hide_index=True,
-    width="stretch",
-)
+steps = pd.DataFrame(r.steps(), columns=["step", "value", "why"])
+st.dataframe(steps, hide_index=True, width="stretch", column_config=ui_common.fitted_columns(steps))
 
 st.subheader("Truth table")
 show_all = st.toggle("Every requested precision (otherwise only the selected one)", value=False)
@@ -73,7 +82,7 @@ table = pd.DataFrame(
             "final": x.final_precision or "error",
             "autocast": (x.autocast_dtype or "none").replace("torch.", ""),
             "scaler": x.grad_scaler,
-            "warning": " / ".join(x.warnings)[:120],
+            "warning": " / ".join(x.warnings),
         }
         for x in rows
     ]
@@ -86,5 +95,6 @@ st.dataframe(
     table.style.apply(lambda row: ["background-color: rgba(255, 215, 0, 0.35)" if current[row.name] else "" for _ in row], axis=1),
     hide_index=True,
     width="stretch",
+    column_config=ui_common.fitted_columns(table),
 )
 st.caption(f"{len(rows)} combinations; the highlighted row is the one selected above.")

@@ -3,7 +3,9 @@
 import ui_common  # first: it does the heavy imports once (see there)
 import streamlit as st
 
+from amp_core.advice import DEMO_INIT_SCALE_LOG2, TORCH_INIT_SCALE_LOG2, scaler_expectation
 from amp_core.precision import lightning_precision_values
+from amp_core.preflight import absent_accelerator, missing_precision_package, precision_risk
 from amp_core.runs import ACTIVE_STATES, load_run, run_path
 from amp_core.train import ConfigError, RunConfig
 
@@ -14,37 +16,52 @@ st.caption(
     "and Lightning imported). Closing this tab does not stop the run; others can watch it on the Runs page."
 )
 
+# What torch's own GradScaler settings do in the page's default 300-step run (said beside the settings).
+TORCH_DEFAULTS_EXPECTATION = scaler_expectation({"precision": "16-mixed", "max_steps": 300, "growth_interval": 2000, "init_scale": 2.0**16})
 launcher = ui_common.launcher()
 defaults = RunConfig()
 values = lightning_precision_values()
 
-with st.form("run"):
-    c1, c2, c3, c4 = st.columns(4)
+linked = st.query_params.get("run")
+if linked is not None and ui_common.valid_run_id(linked) is None:  # it showed why; like other pages, drop it
+    del st.query_params["run"]
+
+with st.container(border=True):
+    # Outside the form, so that choosing one says at once whether it can run here.
+    c1, c2, _ = st.columns([1, 1, 2])
     precision = c1.selectbox("Precision", values, index=values.index("16-mixed"),
                              help="16-mixed on a CPU runs real fp16 autocast with a CPU GradScaler (slower than fp32: no fp16 units).")
     accelerator = c2.selectbox("Accelerator", ("auto", "cpu", "gpu"))
-    steps = c3.number_input("Steps", min_value=1, max_value=1_000_000, value=300, step=50)
-    batch_size = c4.number_input("Batch size", min_value=1, max_value=65536, value=defaults.batch_size)
-    c1, c2, c3, c4 = st.columns(4)
-    lr = c1.number_input("Learning rate", min_value=1e-6, max_value=10.0, value=defaults.lr, format="%.5f")
-    seed = c2.number_input("Seed", min_value=0, max_value=2**32 - 1, value=defaults.seed)
-    hidden = c3.number_input("Hidden width", min_value=1, max_value=65536, value=defaults.hidden)
-    depth = c4.number_input("Hidden layers", min_value=1, max_value=64, value=defaults.depth)
-    st.markdown("**GradScaler** (fp16 only). torch's defaults are 2<sup>16</sup> and 2000; these show backoffs and growth in a short run.",
-                unsafe_allow_html=True)
-    c1, c2, c3, c4 = st.columns(4)
-    init_log2 = c1.number_input("Initial scale, log2", min_value=-24, max_value=126, value=24)
-    growth_factor = c2.number_input("Growth factor", min_value=1.0001, max_value=1e6, value=defaults.growth_factor)
-    backoff_factor = c3.number_input("Backoff factor", min_value=0.0001, max_value=0.9999, value=defaults.backoff_factor, format="%.4f")
-    growth_interval = c4.number_input("Growth interval", min_value=1, max_value=10**9, value=50)
-    c1, c2 = st.columns(2)
-    inject = c1.text_input("Inject overflow at steps", placeholder="e.g. 100, 200",
-                           help="Puts a real inf into the gradients at these steps (16-mixed only): the scaler skips them and backs off, on cue.")
-    histogram_every = c2.number_input("Gradient histogram every N steps", min_value=0, max_value=10**6, value=defaults.histogram_every,
-                                      help="0 records none. Computed on the device, copied in batches with the other metrics.")
-    wandb = st.radio("W&B", ("offline", "online", "disabled"), horizontal=True,
-                     help="offline writes a local W&B run inside the run folder; online needs `wandb login`.")
-    start = st.form_submit_button("Start run", type="primary")
+    refusal = missing_precision_package(precision) or absent_accelerator(accelerator, launcher.cuda_devices)
+    if refusal:
+        st.error(f"Cannot start this run: {refusal}.")
+    elif risk := precision_risk(precision):
+        st.warning(f"{risk}.")
+    with st.form("run", border=False):
+        c1, c2, c3, c4 = st.columns(4)
+        steps = c1.number_input("Steps", min_value=1, max_value=1_000_000, value=300, step=50)
+        batch_size = c2.number_input("Batch size", min_value=1, max_value=65536, value=defaults.batch_size)
+        lr = c3.number_input("Learning rate", min_value=1e-6, max_value=10.0, value=defaults.lr, format="%.5f")
+        seed = c4.number_input("Seed", min_value=0, max_value=2**32 - 1, value=defaults.seed)
+        c1, c2, _, _ = st.columns(4)
+        hidden = c1.number_input("Hidden width", min_value=1, max_value=65536, value=defaults.hidden)
+        depth = c2.number_input("Hidden layers", min_value=1, max_value=64, value=defaults.depth)
+        st.markdown(f"**GradScaler** (fp16 only). torch's defaults are 2<sup>{TORCH_INIT_SCALE_LOG2}</sup> and 2000: "
+                    f"{TORCH_DEFAULTS_EXPECTATION[0].lower()}{TORCH_DEFAULTS_EXPECTATION[1:]} These defaults (2<sup>{DEMO_INIT_SCALE_LOG2}</sup>, 50) "
+                    "show backoffs and growth in a short run.", unsafe_allow_html=True)
+        c1, c2, c3, c4 = st.columns(4)
+        init_log2 = c1.number_input("Initial scale, log2", min_value=-24, max_value=126, value=DEMO_INIT_SCALE_LOG2)
+        growth_factor = c2.number_input("Growth factor", min_value=1.0001, max_value=1e6, value=defaults.growth_factor)
+        backoff_factor = c3.number_input("Backoff factor", min_value=0.0001, max_value=0.9999, value=defaults.backoff_factor, format="%.4f")
+        growth_interval = c4.number_input("Growth interval", min_value=1, max_value=10**9, value=50)
+        c1, c2 = st.columns(2)
+        inject = c1.text_input("Inject overflow at steps", placeholder="e.g. 100, 200",
+                               help="Puts a real inf into the gradients at these steps (16-mixed only): the scaler skips them and backs off, on cue.")
+        histogram_every = c2.number_input("Gradient histogram every N steps", min_value=0, max_value=10**6, value=defaults.histogram_every,
+                                          help="0 records none. Computed on the device, copied in batches with the other metrics.")
+        wandb = st.radio("W&B", ("offline", "online", "disabled"), horizontal=True,
+                         help="offline writes a local W&B run inside the run folder; online needs `wandb login`.")
+        start = st.form_submit_button("Start run", type="primary", disabled=bool(refusal))
 
 if start:
     try:
@@ -67,7 +84,7 @@ if start:
         st.session_state["train_run"] = run_id
         st.query_params["run"] = run_id
 
-run_id = ui_common.valid_run_id(st.query_params.get("run")) or st.session_state.get("train_run")
+run_id = st.query_params.get("run") or st.session_state.get("train_run")
 if not run_id:  # a reload lost the session: show whatever is training now
     active = launcher.active()
     run_id = next(iter(active.values()), None)
@@ -78,6 +95,12 @@ if not run_id:
 st.session_state["train_run"] = run_id
 run = load_run(run_path(ui_common.runs_dir(), run_id))
 st.subheader(f"Run `{run_id}`")
+# A plain link, relative to this page's address (so a server's baseUrlPath is kept), as Compare links:
+# st.page_link cannot name another page when a page runs as the main script (AppTest). Streamlit opens
+# markdown links in a new tab (target=_blank), so this page and its live view stay open.
+st.markdown(f"🗂️ [Open this run on the Runs page](Runs?run={run_id}): gradients, what-if, advice, downloads.")
+if expectation := scaler_expectation(run.config):
+    st.caption(f"What these GradScaler settings allow: {expectation}")
 c1, c2 = st.columns([1, 4])
 if run.state in ACTIVE_STATES and c1.button("Stop", type="secondary"):
     st.toast(f"Stop: {launcher.stop(run_id)}")

@@ -5,8 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from amp_core import charts
-from amp_core.advice import advise
+from amp_core.advice import advise, scaler_expectation
 from amp_core.gradients import scale_at, shares
+from amp_core.preflight import failure_hint
 from amp_core.runs import ACTIVE_STATES, list_runs, load_histograms, load_rank_scales, metrics_csv, metrics_json, ranks_agree, summarize
 from amp_core.scaler_policies import HysteresisPolicy, TorchGradScalerPolicy, overflow_model_for, replay, replay_own_policy
 
@@ -32,10 +33,26 @@ st.dataframe(
     },
 )
 
+# The page keeps `?run=<id>` itself instead of binding the select to the URL. Streamlit's
+# bind="query-params" writes a selectbox's *formatted label* into the URL (its wire value is
+# format_func(option): SelectboxSerde, and _seed_widget_from_url in streamlit/runtime/state/
+# session_state.py), silently drops a URL value that is not one of those labels, so a plain
+# `?run=<id>` link opened the newest run, and a key bound to a widget cannot be deleted through
+# st.query_params (StreamlitAPIException). Here the select's options are the ids, its label is only
+# how they are shown, and the URL carries the id.
 given = st.query_params.get("run")
-if given is not None and given not in by_id:
-    st.warning("The run named in the link is not in this runs directory; it was ignored.")
-    del st.query_params["run"]
+if given is not None:
+    named = given.split(" · ")[0]  # links made while the URL carried the label still open their run
+    if named in by_id:
+        if named != given:
+            st.query_params["run"] = named
+        st.session_state["run"] = named  # the link wins over what this session had open
+    else:
+        st.warning("The run named in the link is not in this runs directory; it was ignored. The newest run is open.")
+        del st.query_params["run"]
+        st.session_state["run"] = runs[0].id
+if st.session_state.get("run") not in by_id:  # the run this session had open is gone
+    st.session_state.pop("run", None)
 
 
 def label(run_id: str) -> str:
@@ -43,9 +60,15 @@ def label(run_id: str) -> str:
     return f"{run_id} · {r.precision}"
 
 
-selected = st.selectbox("Open a run", list(by_id), format_func=label, key="run", bind="query-params")
+def put_run_in_url() -> None:
+    st.query_params["run"] = st.session_state["run"]
+
+
+selected = st.selectbox("Open a run", list(by_id), format_func=label, key="run", on_change=put_run_in_url)
 overlay = st.multiselect("Overlay other runs", [i for i in by_id if i != selected], format_func=label)
 run = by_id[selected]
+injected = run.config.get("inject_overflow") or ()
+series = [(charts.short_label(i), by_id[i].metrics) for i in [selected, *overlay]]  # legends: short names
 
 for problem in run.problems:
     st.warning(f"This record is damaged: {problem}. What could be read is shown.")
@@ -61,9 +84,11 @@ else:
     st.markdown(f"**{ui_common.STATE_BADGES.get(run.state, run.state)}** · {len(run.metrics)} steps · "
                 f"{run.skipped_steps} skipped · {run.config.get('amp_path', '')}")
     if run.status.get("error"):
-        st.error(run.status["error"])
-    series = [(i, by_id[i].metrics) for i in [selected, *overlay]]
-    ui_common.run_charts(series, key="replay", injected=run.config.get("inject_overflow") or ())
+        error = run.status["error"]  # records written before the hint existed get it here
+        st.error(error if "likely reason" in error else error + failure_hint(run.precision, error))
+    if expectation := scaler_expectation(run.config):
+        st.caption(f"What these GradScaler settings allow: {expectation}")
+    ui_common.run_charts(series, key="replay", injected=injected)
 
 m = run.metrics
 tab_grad, tab_whatif, tab_advice = st.tabs(["Gradients vs fp16", "Scaler what-if", "Advice"])
@@ -76,6 +101,11 @@ with tab_grad:
         h = next(h for h in hists if h["step"] == at)
         scale = scale_at(m.step, m.loss_scale, at)
         sh = shares(h, scale)
+        finite = int(sum(h["counts"])) - int(h.get("zeros", 0))  # nonzero finite values (zeros are counted in bin 0)
+    if hists and finite <= 0:
+        st.info(f"Nothing finite to show at step {at}: all {sh['values']:,} gradient values were NaN, inf or zero"
+                + (" (the run had diverged by then)" if h.get("nonfinite") else "") + ". Pick an earlier step, if there is one.")
+    elif hists:
         c1, c2, c3 = st.columns(3)
         c1.metric("Would underflow fp16 unscaled", f"{sh['underflow_unscaled']:.2%}")
         c2.metric(f"Underflow at scale {scale:.3g}" if scale else "No loss scale", f"{sh['underflow_scaled']:.2%}")
@@ -138,7 +168,7 @@ c1.download_button("Metrics CSV", lambda: metrics_csv(run), file_name=f"{selecte
 c2.download_button("Record JSON", lambda: metrics_json(run), file_name=f"{selected}.json", mime="application/json", on_click="ignore")
 c3.download_button(
     "Loss-scale chart HTML",
-    lambda: charts.figure_html(charts.loss_scale_figure([(i, by_id[i].metrics) for i in [selected, *overlay]])),
+    lambda: charts.figure_html(charts.loss_scale_figure(series, injected=injected)),
     file_name=f"{selected}-loss-scale.html",
     mime="text/html",
     on_click="ignore",

@@ -1,6 +1,6 @@
 """Formats: what fp32, tf32, fp16, bf16 and fp8 can hold, measured with torch, and where a gradient lands."""
 
-import ui_common  # first: it does the heavy imports once (see there)  # noqa: F401
+import ui_common  # first: it does the heavy imports once (see there)
 import math
 import sys
 
@@ -41,20 +41,17 @@ for name, (kind, lo, hi) in LINK.items():
         st.warning(f"Ignored the link's `{name}`: it is not a number this page accepts.")
         del st.query_params[name]
 
-st.dataframe(
-    pd.DataFrame([
-        {
-            "format": f.name, "torch dtype": f.dtype_name, "bits": f.bits, "exponent bits": f.exponent_bits,
-            "mantissa bits": f.mantissa_bits, "largest": f"{f.max:.6g}", "smallest normal": f"{f.smallest_normal:.6g}",
-            "smallest subnormal": f"{f.smallest_subnormal:.6g}", "machine eps": f"{f.eps:.6g}", "log2 range": (
-                f"{math.log2(f.smallest_subnormal):.0f} … {math.log2(f.smallest_normal):.0f} … {math.floor(100 * math.log2(f.max)) / 100}"),
-            "above largest": {"saturates": f"±{f.max:g}"}.get(f.overflow, f.overflow), "what for": f.note,
-        }
-        for f in FMTS
-    ]),
-    hide_index=True,
-    width="stretch",
-)
+properties = pd.DataFrame([
+    {
+        "format": f.name, "torch dtype": f.dtype_name, "bits": f.bits, "exponent bits": f.exponent_bits,
+        "mantissa bits": f.mantissa_bits, "largest": f"{f.max:.6g}", "smallest normal": f"{f.smallest_normal:.6g}",
+        "smallest subnormal": f"{f.smallest_subnormal:.6g}", "machine eps": f"{f.eps:.6g}", "log2 range": (
+            f"{math.log2(f.smallest_subnormal):.0f} … {math.log2(f.smallest_normal):.0f} … {math.floor(100 * math.log2(f.max)) / 100}"),
+        "above largest": {"saturates": f"±{f.max:g}"}.get(f.overflow, f.overflow), "what for": f.note,
+    }
+    for f in FMTS
+])
+st.dataframe(properties, hide_index=True, width="stretch", column_config=ui_common.fitted_columns(properties))
 
 st.subheader("Round a value")
 value = st.number_input("Value", value=0.1, format="%.9g", key="value", bind="query-params",
@@ -64,7 +61,8 @@ st.dataframe(
     rows.style.map(lambda v: VERDICT_STYLE.get(v, ""), subset=["verdict"]).format({"result": repr, "relative_error": "{:.3g}"}),
     hide_index=True,
     width="stretch",
-    column_config={"relative_error": "relative error", "bits": "bits (sign exponent mantissa)"},
+    column_config=ui_common.fitted_columns(rows.assign(result=rows["result"].map(repr)),
+                                           {"relative_error": "relative error", "bits": "bits (sign exponent mantissa)"}),
 )
 st.caption(" · ".join(f"**{v}**: {meaning}" for v, meaning in VERDICTS.items()))
 

@@ -229,3 +229,144 @@ def test_live_view_says_when_it_slows_down(app_env, monkeypatch, figures):
     assert not at.exception
     assert [c.value for c in at.caption if "Live view redrawn" in c.value] == ["Live view redrawn every 3.0 s: this machine's CPUs are oversubscribed."]
     writer.close()
+
+
+# -- issue 9: what a user hit --------------------------------------------------------------------
+
+
+def url_value(at: AppTest, name: str):
+    """A query parameter as the page left it (AppTest keeps what a test set as a string, what a page set as a list)."""
+    value = at.query_params.get(name)
+    return value[-1] if isinstance(value, list) else value
+
+
+@pytest.fixture(scope="module")
+def recorded_several(tmp_path_factory):
+    """Three real runs, oldest first: fp16 with backoffs, bf16, and a 16-true run that diverges and fails."""
+    d = tmp_path_factory.mktemp("several")
+    ids = [run(RunConfig(precision="16-mixed", max_steps=20, init_scale=2.0**40, growth_interval=5, histogram_every=10, wandb="disabled", runs_dir=str(d))).id,
+           run(RunConfig(precision="bf16-mixed", max_steps=20, histogram_every=10, wandb="disabled", runs_dir=str(d))).id]
+    with pytest.raises(FloatingPointError):
+        run(RunConfig(precision="16-true", max_steps=40, histogram_every=10, wandb="disabled", runs_dir=str(d)))
+    ids.append(next(r.id for r in list_runs(d) if r.precision == "16-true"))
+    return d, ids
+
+
+def test_runs_link_opens_the_run_it_names(app_env, recorded_several, monkeypatch):
+    d, ids = recorded_several
+    monkeypatch.setenv("AMP_RUNS_DIR", str(d))
+    for run_id in ids:
+        at = page("pages/3_Runs.py")
+        at.query_params["run"] = run_id
+        at.run()
+        assert not at.exception
+        assert at.selectbox(key="run").value == run_id
+        assert url_value(at, "run") == run_id
+
+
+def test_runs_select_puts_the_id_in_the_url(app_env, recorded_several, monkeypatch):
+    d, ids = recorded_several
+    monkeypatch.setenv("AMP_RUNS_DIR", str(d))
+    at = page("pages/3_Runs.py").run()
+    assert at.selectbox(key="run").value == ids[-1]  # newest first
+    at.selectbox(key="run").select(ids[0]).run()
+    assert not at.exception
+    assert url_value(at, "run") == ids[0]  # the id, not the select's label
+    assert at.selectbox(key="run").value == ids[0]
+
+
+def test_runs_unknown_link_opens_the_newest_with_a_notice(app_env, recorded_several, monkeypatch):
+    d, ids = recorded_several
+    monkeypatch.setenv("AMP_RUNS_DIR", str(d))
+    at = page("pages/3_Runs.py")
+    at.query_params["run"] = "20990101-000000-nothing-000000"
+    at.run()
+    assert not at.exception
+    assert any("not in this runs directory" in w.value for w in at.warning)
+    assert at.selectbox(key="run").value == ids[-1]
+    assert "run" not in at.query_params
+
+
+def test_runs_diverged_16_true_says_why_and_shows_no_empty_histogram(app_env, recorded_several, monkeypatch):
+    d, ids = recorded_several
+    monkeypatch.setenv("AMP_RUNS_DIR", str(d))
+    at = page("pages/3_Runs.py")
+    at.query_params["run"] = ids[2]
+    at.run()
+    assert not at.exception
+    assert any("16-true is the likely reason" in e.value for e in at.error)
+    assert any("Nothing finite to show" in i.value for i in at.info)
+    assert not [m for m in at.metric if m.label == "Would underflow fp16 unscaled"]
+
+
+def test_runs_scaler_expectation_and_short_legends(app_env, recorded_several, monkeypatch, figures):
+    d, ids = recorded_several
+    monkeypatch.setenv("AMP_RUNS_DIR", str(d))
+    at = page("pages/3_Runs.py")
+    at.query_params["run"] = ids[0]
+    at.run()
+    assert any("the scale can grow ×2 after every 5 clean steps" in c.value.lower() for c in at.caption)
+    scale_fig = figures(at)[0]
+    assert scale_fig.data[0].name == f"16-mixed {ids[0].rsplit('-', 1)[1]} scale"
+    assert scale_fig.layout.legend.y > 1  # above the plot, clear of the x-axis title
+
+
+def test_train_refuses_a_precision_whose_package_is_missing(app_env):
+    import importlib.util
+
+    if importlib.util.find_spec("transformer_engine") is not None:
+        pytest.skip("transformer_engine is installed here")
+    at = page("pages/2_Train.py").run()
+    next(s for s in at.selectbox if s.label == "Precision").select("transformer-engine")
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Cannot start this run: precision transformer-engine needs the `transformer_engine` package, which is not installed here: "
+        "NVIDIA Transformer Engine (pip install transformer-engine[pytorch]; CUDA GPUs only)."
+    ]
+    start = next(b for b in at.button if b.label == "Start run")
+    assert start.disabled
+    assert list_runs(app_env) == []
+
+
+def test_train_warns_before_a_16_true_run(app_env):
+    at = page("pages/2_Train.py").run()
+    assert not at.warning
+    next(s for s in at.selectbox if s.label == "Precision").select("16-true")
+    at.run()
+    assert not at.exception
+    assert any("commonly diverges" in w.value for w in at.warning)
+    assert not next(b for b in at.button if b.label == "Start run").disabled
+
+
+def test_train_drops_a_bad_run_link(app_env):
+    at = page("pages/2_Train.py")
+    at.query_params["run"] = "20990101-000000-nothing-000000"
+    at.run()
+    assert not at.exception
+    assert any("does not exist here" in w.value for w in at.warning)
+    assert "run" not in at.query_params
+    assert any("No run yet" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("name, value", [("cuda", "yes"), ("gpu", "0")])
+def test_precision_bad_checkbox_link_gets_a_notice(app_env, name, value):
+    at = page("pages/1_Precision.py")
+    at.query_params[name] = value
+    at.run()
+    assert not at.exception
+    assert any(f"Ignored the link's {name} value" in w.value for w in at.warning)
+    assert name not in at.query_params
+
+
+def test_precision_says_what_the_rule_does_to_bf16(app_env):
+    at = page("pages/1_Precision.py").run()
+    assert any("a **bf16** request" in c.value for c in at.caption)
+    at.selectbox(key="precision").select("bf16-mixed")
+    at.selectbox(key="use_amp").select("True")
+    at.checkbox(key="cuda").set_value(True)
+    at.checkbox(key="gpu").set_value(True)
+    at.run()
+    assert not at.exception
+    assert metric_values(at)[0] == "'16'"
+    assert any("turned this bf16 request" in w.value for w in at.warning)
