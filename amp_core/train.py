@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from amp_core.memory import RunMemory
 from amp_core.runs import RunRecordError, RunWriter, default_runs_dir, now_iso, request_stop, stop_requested
 
 WANDB_MODES = ("offline", "online", "disabled")
@@ -433,12 +434,14 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
     if own_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: request_stop(writer.path))
     wandb_logger = None
+    run_memory = RunMemory()
     matmul_before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision(config.matmul_precision)  # process-wide: put back in `finally`
         pl.seed_everything(config.seed, workers=True, verbose=False)
         precision_kwargs, precision_info = build_precision(config, accelerator)
         timer = StepTimer(sync_cuda=accelerator == "gpu") if config.time_steps else None
+        run_memory.start()  # before the model: its weights are the run's own (on a GPU, fit moves them into the CUDA peak)
         model = DemoMLP(hidden=config.hidden, depth=config.depth, lr=config.lr, fused=config.fused)
         loader = synthetic_loader(config.batch_size, batches=min(config.max_steps, 64), seed=config.seed)
         wandb_logger = _make_wandb_logger(config, writer) if rank == 0 else None
@@ -486,7 +489,7 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             trainer.fit(model, loader)
-        measured = {**peak_memory(cuda_device), **(step_timing(timer.seconds, config.batch_size) if timer else {})}
+        measured = {**peak_memory(cuda_device), **run_memory.stop(), **(step_timing(timer.seconds, config.batch_size) if timer else {})}
         writer.set_status("stopped" if stop_requested(writer.path) else "completed", ended_at=now_iso(), global_step=trainer.global_step, **measured)
     except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after a graceful shutdown
         writer.set_status("stopped", ended_at=now_iso(), error="interrupted by the user")
@@ -496,6 +499,7 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
         writer.set_status("failed", ended_at=now_iso(), error=f"{type(e).__name__}: {e}".strip() + failure_hint(config.precision, e), traceback=traceback.format_exc(limit=-20))  # the innermost frames: where it failed
         raise
     finally:
+        run_memory.stop()  # ends its sampling thread, if it has one
         writer.close()
         if wandb_logger is not None and not wandb_logger.broken:
             try:

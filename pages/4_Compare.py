@@ -3,6 +3,7 @@
 import ui_common  # first: it does the heavy imports once (see there)
 import pandas as pd
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 from amp_core import compare
 from amp_core.runs import ACTIVE_STATES, FINAL_STATES
@@ -12,7 +13,7 @@ st.set_page_config(page_title="Compare · AMP Explorer", page_icon="⚖️", lay
 st.title("Compare precisions")
 st.caption(
     "One run per precision, the same model, data and seed, one after another on the same device. Each is a normal run "
-    "(replay it on the Runs page); its median step time (after a warm-up) and peak memory are measured in its own process. "
+    "(replay it on the Runs page); its median step time (after a warm-up) and the memory it adds are measured in its own process. "
     "A small model is overhead-bound and AMP cannot help it; widen it, or raise the batch, and watch the speedup appear."
 )
 
@@ -26,7 +27,10 @@ with st.form("compare"):
     variants = st.multiselect("Precisions", options, default=compare.default_variants(on_cuda),
                               help=f"{compare.BASELINE} always runs: it is the baseline. {compare.TF32} (fp32 with TF32 matmuls) needs a CUDA GPU.")
     c1, c2, c3, c4 = st.columns(4)
-    steps = c1.number_input("Steps", min_value=1, max_value=100_000, value=start_with["steps"], step=10)
+    # min_value stays 1: fewer steps than a comparison can time get a message naming the minimum, not a silent clamp.
+    steps = c1.number_input("Steps", min_value=1, max_value=100_000, value=start_with["steps"], step=10,
+                            help=f"At least {compare.min_comparison_steps()}: the first steps are a warm-up, and the median step time needs "
+                                 f"{compare.MIN_TIMED_STEPS} timed steps after it.")
     batch_size = c2.number_input("Batch size", min_value=1, max_value=65536, value=start_with["batch"])
     hidden = c3.number_input("Hidden width", min_value=1, max_value=65536, value=start_with["hidden"], help="128: overhead-bound; 4096 and more: matmul-bound")
     depth = c4.number_input("Hidden layers", min_value=1, max_value=64, value=start_with["depth"])
@@ -43,19 +47,26 @@ if start:
     except (ConfigError, ValueError) as e:
         st.error(f"Cannot start this comparison: {e}")
     else:
-        st.session_state["group"] = configs[0].compare_group
+        st.session_state["group"] = st.query_params["group"] = configs[0].compare_group
 
 groups = {g["group"]: g for g in compare.list_groups(ui_common.runs_dir())}
 given = st.query_params.get("group")
 if given is not None and given not in groups:
     st.warning("The comparison named in the link is not in this runs directory; it was ignored.")
     del st.query_params["group"]
+elif given is not None:
+    st.session_state["group"] = given  # the link names the one shown (the page keeps the two in step)
 if not groups:
     st.info("No comparison yet: choose the precisions and the model size, and press **Run comparison**.")
     st.stop()
 
-# The group id itself is the option (not a longer label): a bound selectbox puts its option text in the link.
-group = st.selectbox("Comparison", list(groups), key="group", bind="query-params", help="Newest first; the link names the one shown.")
+# The page keeps `?group=` itself rather than bind="query-params": a bound select leaves its default
+# (the first option, here the newest comparison) out of the URL, so the link of a new comparison named
+# nothing and showed whichever comparison was newest when it was opened.
+group = st.selectbox("Comparison", list(groups), key="group", help="Newest first; the link names the one shown.",
+                     on_change=lambda: st.query_params.update(group=st.session_state["group"]))
+if st.query_params.get("group") != group:
+    st.query_params["group"] = group
 st.caption(f"{', '.join(groups[group]['variants'])} · {groups[group]['settings']} · started {groups[group]['created_at'][:19].replace('T', ' ')} UTC")
 live = any(s not in FINAL_STATES for s in groups[group]["states"])
 
@@ -70,19 +81,27 @@ def progress_and_table() -> None:
         st.progress(done / max(1, len(rows)), text=f"{done} of {len(rows)} runs done · {now}")
         if st.button("Stop comparison"):
             st.toast("; ".join(f"{r['variant']}: {launcher.stop(r['run_id'])}" for r in rows if r["state"] in ACTIVE_STATES))
-    table = pd.DataFrame(rows).assign(peak_share=[compare.peak_label(r) for r in rows])
+    unit, factor = compare.flops_unit(rows)
+    table = pd.DataFrame(rows).assign(peak_share=[compare.peak_label(r) for r in rows],
+                                      flops=[None if r["tflops"] is None else r["tflops"] * factor for r in rows])
+    # The verdict and its inputs first: a wide table scrolls, and these are what a reader came for.
+    columns = ["variant", "state", "verdict", "timed_steps", "median_step_ms", "speedup", "memory_mib", "memory_ratio", "final_loss", "loss_diff",
+               "steps_per_s", "samples_per_s", "flops", "peak_share", "skipped_steps", "run_id"]
+    too_few = table["verdict"] == compare.TOO_FEW_STEPS
     st.dataframe(
-        table[["variant", "state", "median_step_ms", "steps_per_s", "samples_per_s", "tflops", "peak_share", "memory_mib",
-                            "final_loss", "loss_diff", "skipped_steps", "speedup", "memory_ratio", "verdict", "run_id"]],
+        # Rows with too few timed steps are greyed: shown, but not a measurement to judge by.
+        table[columns].style.apply(lambda row: ["color: #9a9a9a"] * len(row) if too_few[row.name] else [""] * len(row), axis=1),
         hide_index=True,
         width="stretch",
         column_config={
+            "timed_steps": st.column_config.NumberColumn("timed steps", help=f"steps in the median, after the warm-up; {compare.MIN_TIMED_STEPS} or more for a verdict"),
             "median_step_ms": st.column_config.NumberColumn("step ms (median)", format="%.2f"),
             "steps_per_s": st.column_config.NumberColumn("steps/s", format="%.3g"),
             "samples_per_s": st.column_config.NumberColumn("samples/s", format="%.0f"),
-            "tflops": st.column_config.NumberColumn("matmul TFLOP/s", format="%.3g"),
-            "peak_share": st.column_config.TextColumn("of GPU peak", help="achieved matmul TFLOP/s over the GPU's dense peak for the dtype; n/a on a CPU or an unknown GPU"),
-            "memory_mib": st.column_config.NumberColumn(f"peak MiB ({summary['memory_kind']})", format="%.0f"),
+            "flops": st.column_config.NumberColumn(f"matmul {unit}", format="%.3g"),
+            "peak_share": st.column_config.TextColumn("of GPU peak", help="achieved matmul throughput over the GPU's dense peak for the dtype; n/a on a CPU or an unknown GPU"),
+            "memory_mib": st.column_config.NumberColumn(f"memory MiB: {summary['memory_kind']}", format="%.1f",
+                                                        help="on a GPU the CUDA allocator's peak; on a CPU the resident memory the run added (see the notes)"),
             "final_loss": st.column_config.NumberColumn("final loss", format="%.4f"),
             "loss_diff": st.column_config.NumberColumn("loss diff", format="%+.4f"),
             "skipped_steps": st.column_config.NumberColumn("skipped"),
@@ -90,6 +109,9 @@ def progress_and_table() -> None:
             "memory_ratio": st.column_config.NumberColumn("memory", format="%.2fx"),
         },
     )
+    if too_few.any():
+        st.warning(f"Too few timed steps for a verdict ({compare.MIN_TIMED_STEPS} needed): " + ", ".join(table["variant"][too_few])
+                   + f". Run the comparison again with {compare.min_comparison_steps()} steps or more.")
     if live and summary["complete"]:
         st.rerun(scope="app")  # all runs ended: draw the charts once, without the timer
 
@@ -112,4 +134,10 @@ c1.plotly_chart(compare.bar_figure(summary, "memory_mib"), key="cmp-memory")
 c2.plotly_chart(compare.ratio_figure(summary), key="cmp-ratio")
 runs = compare.group_runs(ui_common.runs_dir(), group)
 st.plotly_chart(compare.loss_figure(runs), key="cmp-loss")
-st.caption("Open each run on the Runs page: " + ", ".join(f"[{compare.variant_of(r)}](/Runs?run={r.id})" for r in runs))
+st.caption("Open each run on the Runs page:")
+for r in runs:
+    label = f"{compare.variant_of(r)} · {r.id}"
+    try:  # the app's own navigation: the link keeps the server's base path and opens the Runs page in this tab
+        st.page_link("pages/3_Runs.py", label=label, icon="🗂️", query_params={"run": r.id})
+    except StreamlitPageNotFoundError:  # this page run on its own (`streamlit run pages/4_Compare.py`): no Runs page to link
+        st.caption(f"{label} (open it on the Runs page of the app)")
