@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -127,5 +128,6 @@ def test_random_interaction_shows_no_exception(script, page_runs):
         run_sequences(script, page_runs, count)
         outcome = "no exception"
     finally:
-        REPORT[script] = {**count, "seconds": time.monotonic() - started, "outcome": outcome}
+        started_runs = Counter(r.state for r in list_runs(page_runs.path) if r.id not in page_runs.ids.values())
+        REPORT[script] = {**count, "seconds": time.monotonic() - started, "outcome": outcome, "runs started": dict(started_runs)}
     assert count["sequences"] >= sequences_for(script)

@@ -61,45 +61,52 @@ def interactive_widgets(at: AppTest) -> list:
     return found
 
 
-def _number_values(w) -> st.SearchStrategy:
+@dataclass(frozen=True)
+class Draw:
+    """The raw choices behind one action. Their shape never depends on the page: the pages change between
+    sequences (runs start, end, get stopped), and Hypothesis requires the same choices to draw alike."""
+
+    pick: int
+    number: float
+    text: str
+
+
+DRAW = st.builds(Draw, st.integers(min_value=0, max_value=2**16 - 1), st.floats(allow_nan=False, allow_infinity=False),
+                 st.one_of(st.sampled_from(JUNK_TEXT), st.text(max_size=60)))
+
+
+def _number_value(w, d: Draw) -> int | float:
+    """At a bound, one step past it, the current value, zero, extremes, or anywhere inside the bounds."""
     is_int = w.proto.data_type == w.proto.DataType.INT
     step = w.step or 1
     lo, hi = w.min, w.max
-    edges = [w.value, 0, 1, -1]
-    if lo is not None:
-        edges += [lo, lo - step, lo + step]
-    if hi is not None:
-        edges += [hi, hi + step, hi - step]
-    if is_int:
-        edges += [2**63, -(2**63)]
-        inside = st.integers(min_value=int(lo) if lo is not None else -(2**53), max_value=int(hi) if hi is not None else 2**53)
+    edges = [w.value, 0, 1, -1, *([lo, lo - step, lo + step] if lo is not None else []), *([hi, hi + step, hi - step] if hi is not None else [])]
+    edges += [2**63, -(2**63)] if is_int else [1e308, -1e308, 1e-300, 5e-324, 65504.0, 65520.0, 1e-8]
+    edges = [v for v in edges if v is not None and math.isfinite(v)]
+    if d.pick % (len(edges) + 1) < len(edges):
+        value = edges[d.pick % (len(edges) + 1)]
+    elif lo is not None and hi is not None:
+        value = lo + (hi - lo) * (abs(d.number) % 1.0)
     else:
-        edges += [1e308, -1e308, 1e-300, 5e-324, 65504.0, 65520.0, 1e-8]
-        inside = st.floats(min_value=lo, max_value=hi, allow_nan=False, allow_infinity=False)
-    edges = [int(v) if is_int else float(v) for v in edges if v is not None and math.isfinite(v)]
-    return st.one_of(st.sampled_from(edges), inside)
+        value = d.number if lo is None or d.number >= lo else lo + abs(d.number)
+    return int(value) if is_int else float(value)
 
 
-def _text_values(w) -> st.SearchStrategy:
-    text = st.one_of(st.sampled_from(JUNK_TEXT), st.text(max_size=60))
-    limit = getattr(w.proto, "max_chars", 0)
-    return text.map(lambda s: s[:limit]) if limit else text
-
-
-def _value_strategy(w) -> st.SearchStrategy | None:
-    """What a user can set this widget to (None: the widget is a button, it is clicked)."""
+def value_for(w, d: Draw) -> Any:
+    """What the user sets this widget to (None: the widget is a button, it is clicked)."""
+    options = list(getattr(w, "options", []))
     if w.type in ("selectbox", "radio", "select_slider"):
-        return st.sampled_from(list(w.options)) if w.options else None
+        return options[d.pick % len(options)] if options else None
     if w.type == "multiselect":
-        most = w.proto.max_selections or len(w.options)
-        return st.lists(st.sampled_from(list(w.options)), max_size=most, unique=True) if w.options else st.just([])
+        chosen = [o for i, o in enumerate(options) if d.pick >> (i % 16) & 1]
+        return chosen[: w.proto.max_selections] if w.proto.max_selections else chosen
     if w.type in ("checkbox", "toggle"):
-        return st.booleans()
+        return bool(d.pick % 2)
     if w.type == "number_input":
-        return _number_values(w)
+        return _number_value(w, d)
     if w.type in ("text_input", "text_area"):
-        return _text_values(w)
-    assert w.type == "button", f"no value strategy for a {w.type}"
+        return d.text[: w.proto.max_chars] if w.proto.max_chars else d.text
+    assert w.type == "button", f"no value for a {w.type}"
     return None
 
 
@@ -188,15 +195,17 @@ def draw_action(data, at: AppTest, main_script: Path) -> Action:
     pages = _page_files(main_script)
     links = [link.proto.page for link in at.get("page_link") if link.proto.page in pages]
     choices = ["rerun"] + [f"link:{p}" for p in links] + list(range(len(widgets)))
-    choice = data.draw(st.sampled_from(choices), label="action")
+    d = data.draw(DRAW)
+    choice = choices[d.pick % len(choices)]
     if choice == "rerun":
         return Action("rerun", lambda: at.run())
     if isinstance(choice, str):
         target = pages[choice.removeprefix("link:")]
         return Action(f"follow the page link to {target}", lambda: at.switch_page(target).run())
     w = widgets[choice]
-    strategy = _value_strategy(w)
-    value = None if strategy is None else data.draw(strategy, label=f"{w.type} {w.label!r}")
+    value = value_for(w, Draw(d.pick // len(choices), d.number, d.text))
+    if value is None and w.type != "button":  # a select without options: nothing to choose
+        return Action(f"{w.type} {w.label!r}: no options, rerun", lambda: at.run())
     verb = "click" if value is None else f"set to {value!r:.120}"
     return Action(f"{w.type} {w.label!r}: {verb}", lambda: _set_widget(at, w, value))
 
@@ -223,7 +232,8 @@ REPORT: dict[str, dict] = {}
 def report_lines() -> list[str]:
     if not REPORT:
         return []
-    lines = [f"{page}: {r['sequences']} sequences, {r['actions']} actions, {r['seconds']:.0f} s, {r['outcome']}" for page, r in REPORT.items()]
+    lines = [f"{page}: {r['sequences']} sequences, {r['actions']} actions, {r['seconds']:.0f} s, {r['outcome']}"
+             + (f"; runs it started, by state now: {r['runs started']}" if r.get("runs started") else "") for page, r in REPORT.items()]
     total = sum(r["sequences"] for r in REPORT.values())
     lines.append(f"total: {total} random sequences, {sum(r['actions'] for r in REPORT.values())} actions, "
                  f"{sum(r['seconds'] for r in REPORT.values()):.0f} s")
