@@ -42,14 +42,18 @@ WORKER_MEMORY = 4 * 2**30
 DEFAULT_SEQUENCES = 300
 # Shrinking a failure replays sequences for minutes on a loaded machine; AMP_RANDOM_SHRINK=0 reports it as found.
 PHASES = [p for p in Phase if p != Phase.shrink or os.environ.get("AMP_RANDOM_SHRINK", "1") != "0"]
-# Share of the sequences per page: the Runs page has the most state (records x tabs x what-if inputs).
+# Every page there is (a new file in pages/ joins by itself), and its share of the sequences: the Runs
+# page has the most state (records x tabs x what-if inputs); a page not named here gets NEW_PAGE_WEIGHT.
+SCRIPTS = ["app.py", *(f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("*.py")))]
 WEIGHTS = {"pages/3_Runs.py": 36, "pages/1_Precision.py": 15, "pages/5_Formats.py": 15, "pages/2_Train.py": 13,
            "pages/4_Compare.py": 12, "app.py": 9}
+NEW_PAGE_WEIGHT = 10
 
 
 def sequences_for(script: str) -> int:
     total = int(os.environ.get("AMP_RANDOM_SEQUENCES") or DEFAULT_SEQUENCES)
-    return max(1, math.ceil(total * WEIGHTS[script] / sum(WEIGHTS.values())))
+    weights = {s: WEIGHTS.get(s, NEW_PAGE_WEIGHT) for s in SCRIPTS}
+    return max(1, math.ceil(total * weights[script] / sum(weights.values())))
 
 
 def link_candidates(script: str, records: RecordSet) -> dict[str, list[str]]:
@@ -59,14 +63,13 @@ def link_candidates(script: str, records: RecordSet) -> dict[str, list[str]]:
     flags = ["true", "false", "True", "yes", "0", "1"]
     numbers = ["0.1", "1e-8", "65504", "65520", "-0", "nan", "inf", "1e400", "5e-324", "16", "-24", "126", "127", "-25", "1.5"]
     links = {
-        "app.py": {},
         "pages/1_Precision.py": {"precision": [*lightning_precision_values(), "fp16"], "use_amp": ["None", "True", "False", "true"],
                                  "cuda": flags, "gpu": flags},
         "pages/2_Train.py": {"run": ids},
         "pages/3_Runs.py": {"run": ids + labels},
         "pages/4_Compare.py": {"group": [records.group]},
         "pages/5_Formats.py": {"value": numbers, "gradient": numbers, "scale_log2": numbers},
-    }[script]
+    }.get(script, {})
     return {name: values + JUNK_LINK for name, values in links.items()}
 
 
@@ -119,7 +122,7 @@ def run_sequences(script: str, records: RecordSet, count: dict) -> None:
     sequence()
 
 
-@pytest.mark.parametrize("script", list(WEIGHTS))
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_random_interaction_shows_no_exception(script, page_runs):
     count = {"sequences": 0, "actions": 0}
     started = time.monotonic()
