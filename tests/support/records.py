@@ -9,7 +9,8 @@
 - multi-rank: a 2-process DDP run on CPU (gloo), each rank's loss scales recorded;
 - queued: a run submitted as the launcher submits one (state queued, waiting for a worker);
 - damaged: copies of the 16-mixed record with a cut-off and a junk metrics line (and a damaged
-  histogram file), and one with an unreadable status.json.
+  histogram file), and one with an unreadable status.json. Copies, they stay in the comparison's group:
+  a comparison must also cope with a damaged member.
 
 Every CLI run is started at once (they are short) and waited for; `copy_record_set` gives each test its
 own copy, so what a test does to its folder (runs it starts, stops it asks for) stays there.
