@@ -65,7 +65,7 @@ def valid_run_id(run_id: str | None) -> str | None:
     return run_id
 
 
-def fitted_columns(frame, labels: dict | None = None, px_per_char: float = 7.5, pad_px: int = 32, max_px: int = 1400) -> dict:
+def fitted_columns(frame, labels: dict | None = None, px_per_char: float = 7.0, pad_px: int = 32, max_px: int = 1400) -> dict:
     """A column_config that makes each column as wide as its widest cell or header.
 
     st.dataframe sizes columns itself but caps their width and cuts long text off with an ellipsis

@@ -74,7 +74,7 @@ class LiveRun:
         key = (snap.run_id, len(snap.metrics), snap.state)
         with self._lock:
             if key != self._figures_key:
-                series = [(snap.run_id, snap.metrics)]
+                series = [(charts.short_label(snap.run_id), snap.metrics)]  # legends: short names
                 injected = snap.config.get("inject_overflow") or ()
                 self._figures = (charts.loss_scale_figure(series, injected=injected), charts.loss_figure(series, LIVE_MAX_POINTS),
                                  charts.grad_norm_figure(series, LIVE_MAX_POINTS))

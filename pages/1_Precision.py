@@ -63,8 +63,8 @@ for text in r.warnings:
 if r.error:
     st.error(f"Lightning refuses this configuration: {r.error}")
 
-steps = pd.DataFrame(r.steps(), columns=["step", "value", "why"])
-st.dataframe(steps, hide_index=True, width="stretch", column_config=ui_common.fitted_columns(steps))
+# A static table: its cells wrap, so every "why" reads whole (a dataframe cuts long text off).
+st.table(pd.DataFrame(r.steps(), columns=["step", "value", "why"]), hide_index=True)
 
 st.subheader("Truth table")
 show_all = st.toggle("Every requested precision (otherwise only the selected one)", value=False)

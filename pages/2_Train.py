@@ -98,7 +98,7 @@ st.subheader(f"Run `{run_id}`")
 # A plain link, relative to this page's address (so a server's baseUrlPath is kept), as Compare links:
 # st.page_link cannot name another page when a page runs as the main script (AppTest). Streamlit opens
 # markdown links in a new tab (target=_blank), so this page and its live view stay open.
-st.markdown(f"🗂️ [Open this run on the Runs page](Runs?run={run_id}): gradients, what-if, advice, downloads.")
+st.markdown(f"[Open this run on the Runs page](Runs?run={run_id}): gradients, what-if, advice, downloads.")
 if expectation := scaler_expectation(run.config):
     st.caption(f"What these GradScaler settings allow: {expectation}")
 c1, c2 = st.columns([1, 4])

@@ -51,7 +51,7 @@ properties = pd.DataFrame([
     }
     for f in FMTS
 ])
-st.dataframe(properties, hide_index=True, width="stretch", column_config=ui_common.fitted_columns(properties))
+st.table(properties, hide_index=True)  # static: its cells wrap, so the notes read whole (a dataframe cuts them off)
 
 st.subheader("Round a value")
 value = st.number_input("Value", value=0.1, format="%.9g", key="value", bind="query-params",

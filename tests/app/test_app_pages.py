@@ -114,10 +114,11 @@ def test_precision_from_link_and_hostile_link(app_env):
 
 def test_precision_truth_table(app_env):
     at = page("pages/1_Precision.py").run()
-    table = at.dataframe[1].value
+    assert list(at.table[0].value["step"])[:2] == ["requested", "use_amp"]  # the decision, step by step
+    table = at.dataframe[0].value
     assert len(table) == 12  # 3 use_amp x 2 cuda x 2 gpu for the selected precision
     at.toggle[0].set_value(True).run()
-    full = at.dataframe[1].value
+    full = at.dataframe[0].value
     assert len(full) > 12 and len(full) % 12 == 0
     assert set(full["final"]) >= {"bf16-mixed", "16-mixed", "32-true"}
 

@@ -21,7 +21,7 @@ def page() -> AppTest:
 
 
 def verdicts(at: AppTest) -> dict:
-    table = at.dataframe[1].value
+    table = at.dataframe[0].value
     return dict(zip(table["format"], table["verdict"]))
 
 
@@ -29,7 +29,7 @@ def test_defaults(app_env):
     at = page().run()
     assert not at.exception and not at.warning
     assert at.title[0].value == "Number formats"
-    props = at.dataframe[0].value
+    props = at.table[0].value
     assert len(props) == len(NAMES) and list(props["format"]) == NAMES
     assert list(props.loc[props["format"] == "fp16", ["largest", "smallest subnormal"]].iloc[0]) == ["65504", "5.96046e-08"]
     assert verdicts(at) == dict.fromkeys(NAMES, "rounded")  # 0.1 is exact nowhere
@@ -43,7 +43,7 @@ def test_value_70000_overflows_fp16(app_env):
     assert not at.exception
     assert verdicts(at) == {"fp32": "exact", "tf32": "rounded", "fp16": "overflow", "bf16": "rounded",
                             "fp8 e4m3fn": "overflow", "fp8 e5m2": "overflow"}
-    results = dict(zip(at.dataframe[1].value["format"], at.dataframe[1].value["result"]))
+    results = dict(zip(at.dataframe[0].value["format"], at.dataframe[0].value["result"]))
     assert results["fp16"] == math.inf and results["bf16"] == 70144.0
 
 

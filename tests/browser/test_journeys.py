@@ -284,8 +284,8 @@ def test_formats_inputs(app_server, new_page, ui, shots_dir):
 
     def row(fmt: str) -> list[str]:
         """The cells of `fmt`'s row in the rounding table (from the grid's hidden accessible copy of its cells)."""
-        rows = page.evaluate(GRID_ROWS_JS)
-        return next((r for r in (rows[1] if len(rows) > 1 else []) if r and r[0] == fmt), [])
+        grids = page.evaluate(GRID_ROWS_JS)  # the page's one dataframe (the formats' properties are a static table)
+        return next((r for r in (grids[0] if grids else []) if r and r[0] == fmt), [])
 
     value = page.get_by_role("spinbutton", name="Value", exact=True)
     value.fill("70000")
