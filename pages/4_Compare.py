@@ -138,6 +138,6 @@ st.caption("Open each run on the Runs page:")
 for r in runs:
     label = f"{compare.variant_of(r)} · {r.id}"
     try:  # the app's own navigation: the link keeps the server's base path and opens the Runs page in this tab
-        st.page_link("pages/3_Runs.py", label=label, icon="🗂️", query_params={"run": r.id})
+        st.page_link("pages/3_Runs.py", label=label, query_params={"run": r.id})
     except StreamlitPageNotFoundError:  # this page run on its own (`streamlit run pages/4_Compare.py`): no Runs page to link
         st.caption(f"{label} (open it on the Runs page of the app)")

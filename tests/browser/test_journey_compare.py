@@ -106,7 +106,7 @@ def test_a_comparison_from_the_page_then_each_run_it_links_to(app_server, new_pa
         assert opened.startswith(rid), f"the link to {rid} opened {opened!r}"
 
 
-def test_too_few_steps_are_refused_in_the_page(app_server, new_page, ui):
+def test_too_few_steps_are_refused_in_the_page(app_server, new_page, ui, shots_dir):
     page = new_page()
     before = groups(app_server.runs_dir)
     ui.open_page(page, app_server, "/Compare")
@@ -118,3 +118,4 @@ def test_too_few_steps_are_refused_in_the_page(app_server, new_page, ui):
     error = page.locator("[data-testid='stAlert']").filter(has_text="Cannot start this comparison").inner_text()
     assert f"at least {compare.MIN_TIMED_STEPS} timed steps" in error and f"use {compare.min_comparison_steps()} steps or more" in error
     assert groups(app_server.runs_dir) == before  # nothing was queued
+    ui.screenshot(page, shots_dir, "compare-journey-too-few-steps")
