@@ -32,7 +32,7 @@ from streamlit.testing.v1 import AppTest
 from amp_core import worker
 from amp_core.precision import lightning_precision_values
 from amp_core.runs import ACTIVE_STATES, list_runs, load_run
-from tests.support.interaction import JUNK_LINK, REPORT, exception_texts, random_session
+from tests.support.interaction import JUNK_LINK, REPORT, draw_link, exception_texts, random_session
 from tests.support.processes import memory_capped_python
 from tests.support.records import RecordSet, copy_record_set, make_record_set
 
@@ -106,7 +106,7 @@ def run_sequences(script: str, records: RecordSet, count: dict) -> None:
     @given(data=st.data())
     def sequence(data) -> None:
         count["sequences"] += 1
-        url = data.draw(st.fixed_dictionaries({}, optional={k: st.sampled_from(v) for k, v in links.items()}), label="link")
+        url = draw_link(data, links)
         at = AppTest.from_file(str(ROOT / script), default_timeout=TIMEOUT)
         at.query_params.update(url)
         log = [f"open {script}" + (f"?{urlencode(url)}" if url else "")]

@@ -71,8 +71,24 @@ class Draw:
     text: str
 
 
-DRAW = st.builds(Draw, st.integers(min_value=0, max_value=2**16 - 1), st.floats(allow_nan=False, allow_infinity=False),
-                 st.one_of(st.sampled_from(JUNK_TEXT), st.text(max_size=60)))
+def spread(pick: int) -> int:
+    """`pick` scattered over 16 bits (the high half of Knuth's multiplicative hash). Hypothesis favours small
+    and boundary integers; `pick % n` would then favour the first widgets and the first options."""
+    return (pick * 2654435761 % 2**32) >> 16
+
+
+DRAW = st.builds(Draw, st.integers(min_value=0, max_value=2**16 - 1), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=60))
+
+
+def draw_link(data, candidates: dict[str, list[str]]) -> dict[str, str]:
+    """Query parameters to open the page with: each present or not, any of its candidate values."""
+    picks = data.draw(st.lists(st.integers(min_value=0, max_value=2**16 - 1), min_size=len(candidates), max_size=len(candidates)), label="link")
+    chosen = {}
+    for (name, values), pick in zip(candidates.items(), picks):
+        mixed = spread(pick)
+        if mixed % 2:
+            chosen[name] = values[(mixed >> 1) % len(values)]
+    return chosen
 
 
 def _number_value(w, d: Draw) -> int | float:
@@ -98,14 +114,15 @@ def value_for(w, d: Draw) -> Any:
     if w.type in ("selectbox", "radio", "select_slider"):
         return options[d.pick % len(options)] if options else None
     if w.type == "multiselect":
-        chosen = [o for i, o in enumerate(options) if d.pick >> (i % 16) & 1]
+        chosen = [o for i, o in enumerate(options) if d.pick >> (i % 24) & 1]
         return chosen[: w.proto.max_selections] if w.proto.max_selections else chosen
     if w.type in ("checkbox", "toggle"):
         return bool(d.pick % 2)
     if w.type == "number_input":
         return _number_value(w, d)
     if w.type in ("text_input", "text_area"):
-        return d.text[: w.proto.max_chars] if w.proto.max_chars else d.text
+        text = JUNK_TEXT[d.pick % len(JUNK_TEXT)] if d.pick % 3 else d.text  # two thirds the junk list, else any text
+        return text[: w.proto.max_chars] if w.proto.max_chars else text
     assert w.type == "button", f"no value for a {w.type}"
     return None
 
@@ -196,14 +213,15 @@ def draw_action(data, at: AppTest, main_script: Path) -> Action:
     links = [link.proto.page for link in at.get("page_link") if link.proto.page in pages]
     choices = ["rerun"] + [f"link:{p}" for p in links] + list(range(len(widgets)))
     d = data.draw(DRAW)
-    choice = choices[d.pick % len(choices)]
+    mixed = spread(d.pick)
+    choice = choices[mixed % len(choices)]
     if choice == "rerun":
         return Action("rerun", lambda: at.run())
     if isinstance(choice, str):
         target = pages[choice.removeprefix("link:")]
         return Action(f"follow the page link to {target}", lambda: at.switch_page(target).run())
     w = widgets[choice]
-    value = value_for(w, Draw(d.pick // len(choices), d.number, d.text))
+    value = value_for(w, Draw(mixed // len(choices), d.number, d.text))
     if value is None and w.type != "button":  # a select without options: nothing to choose
         return Action(f"{w.type} {w.label!r}: no options, rerun", lambda: at.run())
     verb = "click" if value is None else f"set to {value!r:.120}"
