@@ -43,6 +43,7 @@ from amp_core.runs import (
 )
 from amp_core.train import RunConfig, run
 from amp_core.worker import Launcher
+from tests.support.processes import dead_pid, kill_recorded_processes, read_status, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 240  # a cold worker imports torch and Lightning; this machine may be busy
@@ -51,22 +52,6 @@ SHORT = dict(max_steps=20, hidden=32, batch_size=16, wandb="disabled")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    """A guard against hanging, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def read_status(path: Path) -> dict:
-    try:
-        return json.loads((path / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def complete_lines(path: Path) -> list[bytes]:
@@ -86,38 +71,6 @@ def metric_rows(path: Path) -> list[dict]:
     assert all(isinstance(r, dict) for r in rows)
     assert [r["step"] for r in rows] == list(range(len(rows))), "steps are not consecutive from 0"
     return rows
-
-
-def _is_training_process(pid: int) -> bool:
-    """Only processes these tests started: a worker or a CLI run, never this process."""
-    if pid == os.getpid():
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"amp_core.worker" in cmdline or b"amp_core.train" in cmdline
-
-
-def kill_pid(pid) -> None:
-    """SIGKILL a training process (and its process group: workers run in their own session)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not _is_training_process(pid):
-        return
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def kill_recorded_processes(runs_dir: Path) -> None:
-    if not runs_dir.is_dir():
-        return
-    for p in runs_dir.iterdir():
-        if p.is_dir() and not p.is_symlink():
-            kill_pid(read_status(p).get("pid"))
 
 
 @pytest.fixture
@@ -142,12 +95,6 @@ def launchers(runs_dir, monkeypatch):
         kill_recorded_processes(runs_dir)
 
 
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()  # reaped: the pid is free, and not a zombie of ours
-    return proc.pid
-
-
 # ---------------------------------------------------------------- a worker killed mid-run
 
 
@@ -155,7 +102,7 @@ def test_sigkill_mid_run_is_failed_and_keeps_every_line(launchers, runs_dir):
     launcher = launchers()
     run_id = launcher.submit(RunConfig(**LONG))
     path = runs_dir / run_id
-    wait_for(lambda: len(complete_lines(path)) >= 20, START_TIMEOUT, "20 metric lines")
+    wait_until(lambda: len(complete_lines(path)) >= 20, START_TIMEOUT, "20 metric lines")
     status = read_status(path)
     assert status["state"] == "running"
     pid = status["pid"]
@@ -164,7 +111,7 @@ def test_sigkill_mid_run_is_failed_and_keeps_every_line(launchers, runs_dir):
 
     before = complete_lines(path)
     os.killpg(pid, signal.SIGKILL)
-    wait_for(lambda: read_status(path).get("state") != "running", 30, "the launcher to notice the kill")
+    wait_until(lambda: read_status(path).get("state") != "running", 30, "the launcher to notice the kill")
 
     status = read_status(path)
     assert status["state"] == "failed"
@@ -217,7 +164,7 @@ def test_faults_in_workers_are_recorded_and_the_launcher_goes_on(launchers, runs
     ids = {fault: launcher.submit(fault_config(fault)) for fault in FAULTS}
     normal = launcher.submit(RunConfig(**SHORT))  # queued behind the faults: must still run and complete
     everything = [*ids.values(), normal]
-    wait_for(lambda: all(load_run(runs_dir / i).state in FINAL_STATES for i in everything), 4 * START_TIMEOUT, "every run to end")
+    wait_until(lambda: all(load_run(runs_dir / i).state in FINAL_STATES for i in everything), 4 * START_TIMEOUT, "every run to end")
 
     for fault, run_id in ids.items():
         check_fault_record(runs_dir / run_id, fault)
@@ -225,7 +172,7 @@ def test_faults_in_workers_are_recorded_and_the_launcher_goes_on(launchers, runs
     assert record.state == "completed" and record.problems == []
     assert len(metric_rows(runs_dir / normal)) == 20
     # the server side is untouched: its scheduler runs, nothing is stuck, no process is left
-    wait_for(lambda: launcher.active() == {}, 30, "the launcher to reap the last worker")
+    wait_until(lambda: launcher.active() == {}, 30, "the launcher to reap the last worker")
     assert launcher._thread.is_alive() and launcher.queue() == []
     assert all(process_alive(read_status(runs_dir / i).get("pid")) is False for i in everything)
 
@@ -248,7 +195,7 @@ def test_server_restart_while_a_run_trains_and_another_waits(launchers, runs_dir
     a = launchers()
     x = a.submit(RunConfig(**LONG))
     xpath = runs_dir / x
-    wait_for(lambda: len(complete_lines(xpath)) >= 3, START_TIMEOUT, "the first run to train")
+    wait_until(lambda: len(complete_lines(xpath)) >= 3, START_TIMEOUT, "the first run to train")
     y = a.submit(RunConfig(**SHORT))  # the CPU is taken: this one waits in the on-disk queue
     ypath = runs_dir / y
     assert read_status(ypath)["state"] == "queued"
@@ -263,25 +210,25 @@ def test_server_restart_while_a_run_trains_and_another_waits(launchers, runs_dir
     follower = RunFollower(xpath)
     follower.poll()
     seen = len(follower.metrics)
-    wait_for(lambda: follower.poll() > 0 and len(follower.metrics) > seen + 3, 60, "new lines from the surviving run")
+    wait_until(lambda: follower.poll() > 0 and len(follower.metrics) > seen + 3, 60, "new lines from the surviving run")
     assert follower.state == "running" and list(follower.metrics.step) == list(range(len(follower.metrics)))
 
     # One run per device holds across the restart: the queued run waits for the surviving one,
     # even once the new server has a warm worker ready for it.
-    wait_for(lambda: b.warm_ready, START_TIMEOUT, "the new server's warm worker")
+    wait_until(lambda: b.warm_ready, START_TIMEOUT, "the new server's warm worker")
     time.sleep(1.0)  # ten scheduler ticks
     assert read_status(ypath)["state"] == "queued", "a second run started on a device that is still training"
 
     lines_before_kill = complete_lines(xpath)
     os.killpg(pid, signal.SIGKILL)
-    wait_for(lambda: load_run(xpath).state == "failed", 30, "the dead run to read as failed")
+    wait_until(lambda: load_run(xpath).state == "failed", 30, "the dead run to read as failed")
     assert read_status(xpath)["state"] == "running"  # nobody recorded its end: the reader says failed anyway
     assert any("died without recording an end" in p for p in load_run(xpath).problems)
     assert complete_lines(xpath)[: len(lines_before_kill)] == lines_before_kill
     metric_rows(xpath)
 
     # Now the device is free: the new server starts the queued run and completes it.
-    wait_for(lambda: load_run(ypath).state in FINAL_STATES, START_TIMEOUT, "the queued run to end")
+    wait_until(lambda: load_run(ypath).state in FINAL_STATES, START_TIMEOUT, "the queued run to end")
     assert load_run(ypath).state == "completed" and len(metric_rows(ypath)) == 20
     b.close()
 
@@ -423,7 +370,7 @@ def test_wandb_online_without_credentials_through_the_launcher(launchers, runs_d
     launcher = launchers()
     run_id = launcher.submit(RunConfig(**{**SHORT, "wandb": "online"}))
     path = runs_dir / run_id
-    wait_for(lambda: load_run(path).state in FINAL_STATES, START_TIMEOUT, "the run to end")
+    wait_until(lambda: load_run(path).state in FINAL_STATES, START_TIMEOUT, "the run to end")
     check_trained_with_a_wandb_warning(path, 20, "credentials", "offline instead")
     assert len(list((path / "wandb").glob("offline-run-*"))) == 1
     assert not list((path / "wandb").glob("run-*")), "an online W&B run was started"

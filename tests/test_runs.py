@@ -34,6 +34,7 @@ from amp_core.runs import (
     stop_requested,
     summarize,
 )
+from tests.support.processes import dead_pid
 
 
 def row(step: int, scale: float | None = 1024.0, skipped: bool = False, loss: float | None = 2.0) -> dict:
@@ -47,12 +48,6 @@ def make_run(runs_dir, config=None, status="completed", rows=(), created_at="202
     writer.append_metrics(list(rows))
     writer.close()
     return writer
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()  # reaped: the pid is free (and not a zombie of ours)
-    return proc.pid
 
 
 # ---------------------------------------------------------------- RunWriter

@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from streamlit.testing.v1 import AppTest
 
 from amp_core import worker
 from amp_core.runs import FINAL_STATES, list_runs, load_run
+from tests.support.processes import kill_recorded_processes
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key (40 hex digits); fake
@@ -95,20 +95,6 @@ def test_api_key_is_never_written_by_a_cli_run(tmp_path):
 # ---------------------------------------------------------------- the API key, through the app
 
 
-def _kill_recorded(runs_dir: Path) -> None:
-    for p in runs_dir.iterdir() if runs_dir.is_dir() else ():
-        try:
-            pid = json.loads((p / "status.json").read_text()).get("pid")
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(pid, int) and pid != os.getpid() and b"amp_core" in cmdline:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
 @pytest.fixture
 def app_env(runs_dir, tmp_path, monkeypatch):
     """The key in the server's environment (workers inherit it); HOME, so W&B's logs land where we look."""
@@ -126,7 +112,7 @@ def app_env(runs_dir, tmp_path, monkeypatch):
         for key, launcher in list(worker._launchers.items()):
             launcher.close(stop_runs=True)
             worker._launchers.pop(key, None)
-        _kill_recorded(runs_dir)
+        kill_recorded_processes(runs_dir)
 
 
 def _walk(node):

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import amp_core.model
 from amp_core.model import DemoMLP
 from amp_core.runs import RunFollower, RunWriter, list_runs, load_run, request_stop, stop_requested, summarize
 from amp_core.train import ConfigError, RunConfig, main, run
+from tests.support.processes import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 HUGE = 1099511627776  # 2**40: the first fp16 steps overflow
@@ -314,14 +314,6 @@ def test_in_process_fp16_into_a_queued_record(runs_dir):
     assert r.status["created_at"] == "2024-01-01T00:00:00.000+00:00"
     check_scaler_rules(r.metrics.loss_scale, r.metrics.skipped.astype(bool), r.metrics.growth_tracker, 2.0**30, 3)
     assert r.skipped_steps >= 1
-
-
-def wait_until(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_stop_request_stops_an_in_process_run(runs_dir):

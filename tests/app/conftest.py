@@ -10,6 +10,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from amp_core import worker
+from tests.support.interaction import report_lines
+from tests.support.processes import kill_recorded_processes
 
 
 @pytest.fixture
@@ -21,6 +23,16 @@ def app_env(runs_dir):
     for key, launcher in list(worker._launchers.items()):
         launcher.close(stop_runs=True)
         worker._launchers.pop(key, None)
+    kill_recorded_processes(runs_dir)  # whatever a closed launcher could not stop in time
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many random interaction sequences ran, per page (tests/app/test_random_interaction.py)."""
+    lines = report_lines()
+    if lines:
+        terminalreporter.section("random interaction")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def _decode(value):

@@ -1,0 +1,7 @@
+"""Helpers the test modules share: waiting, reading records, cleaning up processes, making real records.
+
+- `processes`: wait_until, read_status, dead_pid, and killers for the training processes a test started.
+- `records`: a runs folder of real run records (completed, failed, stopped, interrupted, queued,
+  damaged, multi-rank, a comparison), made by short `python -m amp_core.train` runs.
+- `interaction`: random widget actions on a Streamlit AppTest, as a browser user would take them.
+"""
