@@ -46,7 +46,9 @@ PHASES = [p for p in Phase if p != Phase.shrink or os.environ.get("AMP_RANDOM_SH
 # page has the most state (records x tabs x what-if inputs); a page not named here gets NEW_PAGE_WEIGHT.
 SCRIPTS = ["app.py", *(f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("*.py")))]
 WEIGHTS = {"pages/3_Runs.py": 36, "pages/1_Precision.py": 15, "pages/5_Formats.py": 15, "pages/2_Train.py": 13,
-           "pages/4_Compare.py": 12, "app.py": 9}
+           "pages/4_Compare.py": 12, "app.py": 9,
+           # each new setting there takes a map in a child process (torch imported, one step recorded): seconds each
+           "pages/6_Inside_the_step.py": 4}
 NEW_PAGE_WEIGHT = 10
 
 
