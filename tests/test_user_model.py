@@ -137,10 +137,10 @@ def test_compare_runs_the_users_model_under_two_precisions(tmp_path):
     from amp_core.compare import group_runs
 
     runs_dir = tmp_path / "runs"
-    args = ["--workload", "user", "--model", "tiny_net:TinyRegressor", "--path", str(MODELS), "--precisions", "32-true,bf16-mixed", "--max-steps", "10", "--accelerator", "cpu"]
+    args = ["--workload", "user", "--model", "tiny_net:TinyRegressor", "--path", str(MODELS), "--precisions", "32-true,bf16-mixed", "--max-steps", "17", "--accelerator", "cpu"]
     out = subprocess.run([sys.executable, "-m", "amp_core.compare", *args, "--runs-dir", str(runs_dir)], cwd=tmp_path, env=cli_env(runs_dir, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     runs = group_runs(runs_dir, summary["group"])
     assert [r.precision for r in runs] == ["32-true", "bf16-mixed"]
-    assert all(r.state == "completed" and r.config["model_class"] == "tiny_net.TinyRegressor" and len(r.metrics) == 10 for r in runs)
+    assert all(r.state == "completed" and r.config["model_class"] == "tiny_net.TinyRegressor" and len(r.metrics) == 17 for r in runs)

@@ -160,7 +160,7 @@ def test_compare_passes_the_workload_through(tmp_path):
     from amp_core.compare import group_runs
 
     runs_dir = tmp_path / "runs"
-    args = ["--workload", "gpt", "--layers", "1", "--heads", "2", "--width", "32", "--context", "16", "--batch-size", "4", "--precisions", "32-true", "--max-steps", "8", "--accelerator", "cpu"]
+    args = ["--workload", "gpt", "--layers", "1", "--heads", "2", "--width", "32", "--context", "16", "--batch-size", "4", "--precisions", "32-true", "--max-steps", "17", "--accelerator", "cpu"]
     out = subprocess.run([sys.executable, "-m", "amp_core.compare", *args, "--runs-dir", str(runs_dir)], cwd=REPO, env=cli_env(runs_dir, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
