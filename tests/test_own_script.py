@@ -3,7 +3,6 @@ states (failed when fit raises, stopped by the app's Stop, a RunWriter still acc
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
@@ -18,15 +17,7 @@ from amp_core.runs import RunFollower, RunWriter, list_runs, load_run, request_s
 
 from test_train import check_ended, cli_env, only_run
 
-REPO = Path(__file__).resolve().parents[1]
-MARKER = "<!-- own-script: tests/test_own_script.py runs this block as it is -->"
-
-
-def readme_script() -> str:
-    text = (REPO / "README.md").read_text()
-    block = re.search(re.escape(MARKER) + r"\s*```python\n(.*?)```", text, re.S)
-    assert block, "the README's own-script block"
-    return block.group(1)
+from tests.support.readme import readme_script
 
 
 def test_the_readme_script_is_short_and_complete():
