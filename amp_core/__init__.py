@@ -19,7 +19,7 @@ _EXPORTS = {
     "RunConfig": "amp_core.config",
     "ConfigError": "amp_core.config",
     "fp16_mixed": "amp_core.plugins",
-    "scaler_expectation": "amp_core.plugins",
+    "scaler_expectation": "amp_core.advice",
     "WORKLOADS": "amp_core.workloads",
     "user_models_allowed": "amp_core.workloads",
     "RunWriter": "amp_core.runs",

@@ -145,7 +145,7 @@ def scaler_expectation(config: dict) -> str | None:
         grow = (f"With growth interval {interval}, the scale grows only after {interval} clean steps in a row, so within "
                 f"{steps} steps it cannot grow")
     else:
-        grow = f"The scale can grow ×{factor:g} after every {interval} clean steps in a row: at most {steps // interval} times in {steps} steps"
+        grow = f"The scale can grow ×{factor:g} after every {interval} clean steps in a row: at most {steps // interval} time{'s' if steps // interval > 1 else ''} in {steps} steps"
     if init > 2.0**TORCH_INIT_SCALE_LOG2:
         back = (f"starting at {init_text}, above torch's 2^{TORCH_INIT_SCALE_LOG2}, the first steps are likely to overflow and "
                 "back off until the scaled gradients fit fp16")

@@ -42,27 +42,3 @@ def build_precision(config: Any, accelerator: str) -> tuple[dict[str, Any], dict
         return {"plugins": [plugin]}, {"path": path, "autocast_dtype": "float16", "grad_scaler": True}
     dtype = {"bf16-mixed": "bfloat16"}.get(config.precision)
     return {"precision": config.precision}, {"path": f"Lightning precision={config.precision!r}", "autocast_dtype": dtype, "grad_scaler": False}
-
-
-def _pow2(x: float) -> str:
-    import math
-
-    k = math.log2(x) if x > 0 else float("nan")
-    return f"2^{int(k)}" if k == int(k) else f"{x:g}"
-
-
-def scaler_expectation(precision: str, max_steps: int, init_scale: float, growth_interval: int, growth_factor: float = 2.0, backoff_factor: float = 0.5) -> str:
-    """One sentence on what the loss scale can do with these settings (for the Train page).
-
-    Only what follows from the GradScaler's rule, nothing about a particular model: whether and how
-    often the scale can grow within the run, and what an overflow does.
-    """
-    if str(precision) not in ("16-mixed", "16"):  # 16 is Lightning's alias of 16-mixed
-        return f"{precision} uses no loss scaling: there is no scale to watch, and no step is skipped for an overflow."
-    growths = max_steps // growth_interval
-    if growths == 0:
-        grow = f"With growth interval {growth_interval} the scale cannot grow within {max_steps} steps: it stays at {_pow2(init_scale)} unless a step overflows"
-    else:
-        grow = f"The scale can grow at most {growths} time{'s' if growths > 1 else ''} in {max_steps} steps (x{growth_factor:g} after every {growth_interval} clean steps)"
-    drop = f"each overflow skips that step and multiplies the scale by {backoff_factor:g}"
-    return f"{grow}; {drop}."

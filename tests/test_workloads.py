@@ -170,10 +170,13 @@ def test_compare_passes_the_workload_through(tmp_path):
 
 
 def test_the_scaler_expectation_follows_the_gradscaler_rule():
-    from amp_core.plugins import scaler_expectation
+    from amp_core.advice import scaler_expectation
 
-    torch_defaults = scaler_expectation("16-mixed", 300, 2.0**16, 2000)
-    assert torch_defaults.startswith("With growth interval 2000 the scale cannot grow within 300 steps") and "2^16" in torch_defaults
-    assert "at most 6 times in 300 steps" in scaler_expectation("16-mixed", 300, 2.0**24, 50)
-    assert "at most 1 time in" in scaler_expectation("16-mixed", 60, 2.0**24, 50)
-    assert "no loss scaling" in scaler_expectation("bf16-mixed", 300, 2.0**24, 50)
+    def said(**c):
+        return scaler_expectation({"precision": "16-mixed", "max_steps": 300, "init_scale": 2.0**24, "growth_interval": 50, **c})
+
+    torch_defaults = said(init_scale=2.0**16, growth_interval=2000)
+    assert torch_defaults.startswith("With growth interval 2000") and "within 300 steps it cannot grow" in torch_defaults and "2^16" in torch_defaults
+    assert "at most 6 times in 300 steps" in said()
+    assert "at most 1 time in 60 steps" in said(max_steps=60)
+    assert scaler_expectation({"precision": "bf16-mixed", "max_steps": 300}) is None
