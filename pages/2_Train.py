@@ -41,10 +41,11 @@ with st.container(border=True):
         st.warning(f"{risk}.")
     with st.form("run", border=False):
         c1, c2, c3, c4 = st.columns(4)
-        steps = c1.number_input("Steps", min_value=1, max_value=1_000_000, value=300, step=50)
-        batch_size = c2.number_input("Batch size", min_value=1, max_value=65536, value=widget_bounds("batch_size", workload)["value"])
+        # Bounds and help from the run configuration's table (amp_core.config), the CLI's too; values the page's own.
+        steps = c1.number_input("Steps", **{**widget_bounds("max_steps"), "value": 300, "step": 50})
+        batch_size = c2.number_input("Batch size", **widget_bounds("batch_size", workload))
         lr = c3.number_input("Learning rate", min_value=1e-6, max_value=10.0, value=defaults.lr, format="%.5f")
-        seed = c4.number_input("Seed", min_value=0, max_value=2**32 - 1, value=defaults.seed)
+        seed = c4.number_input("Seed", **widget_bounds("seed"))
         settings = ui_common.workload_inputs(workload)
         st.markdown(f"**GradScaler** (fp16 only). torch's defaults are 2<sup>{TORCH_INIT_SCALE_LOG2}</sup> and 2000: "
                     f"{TORCH_DEFAULTS_EXPECTATION[0].lower()}{TORCH_DEFAULTS_EXPECTATION[1:]} These defaults (2<sup>{DEMO_INIT_SCALE_LOG2}</sup>, 50) "
@@ -53,12 +54,12 @@ with st.container(border=True):
         init_log2 = c1.number_input("Initial scale, log2", min_value=-24, max_value=126, value=DEMO_INIT_SCALE_LOG2)
         growth_factor = c2.number_input("Growth factor", min_value=1.0001, max_value=1e6, value=defaults.growth_factor)
         backoff_factor = c3.number_input("Backoff factor", min_value=0.0001, max_value=0.9999, value=defaults.backoff_factor, format="%.4f")
-        growth_interval = c4.number_input("Growth interval", min_value=1, max_value=10**9, value=50)
+        growth_interval = c4.number_input("Growth interval", **{**widget_bounds("growth_interval"), "value": 50})
         c1, c2 = st.columns(2)
         inject = c1.text_input("Inject overflow at steps", placeholder="e.g. 100, 200",
                                help="Puts a real inf into the gradients at these steps (16-mixed only): the scaler skips them and backs off, on cue.")
-        histogram_every = c2.number_input("Gradient histogram every N steps", min_value=0, max_value=10**6, value=defaults.histogram_every,
-                                          help="0 records none. Computed on the device, copied in batches with the other metrics.")
+        histogram_every = c2.number_input("Gradient histogram every N steps", **{**widget_bounds("histogram_every"),
+                                          "help": "0 records none. Computed on the device, copied in batches with the other metrics."})
         wandb = st.radio("W&B", ("offline", "online", "disabled"), horizontal=True,
                          help="offline writes a local W&B run inside the run folder; online needs `wandb login`.")
         start = st.form_submit_button("Start run", type="primary", disabled=bool(refusal))
