@@ -7,7 +7,6 @@ module that records what the callback sends (plus one run against the real W&B i
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 import time
@@ -27,6 +26,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from amp_core.callbacks import FP16_PRECISIONS, AmpWandbCallback, LossScaleMonitor, get_loss_scale, get_scaler
 from amp_core.model import DemoMLP, synthetic_loader
+from tests.support.cuda import sync_checked
 
 HUGE_SCALE = 2.0**40  # the first ~20 fp16 steps overflow at this scale
 GROWTH_INTERVAL = 5
@@ -530,25 +530,13 @@ def test_cuda_grad_scaler_workflow():
     check_scaler_rules(c["amp/loss_scale"], c["amp/skipped"].astype(bool), c["amp/growth_tracker"], HUGE_SCALE, GROWTH_INTERVAL)
 
 
-def _sync_checked(fn):
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    return wrapped
-
-
 @pytest.mark.cuda
 @needs_cuda
 def test_sync_debug_mode_catches_a_host_sync():
     """The check below can fail: a host sync inside a wrapped hook raises."""
     value = torch.ones((), device="cuda")
     with pytest.raises(RuntimeError):
-        _sync_checked(lambda: value.item())()
+        sync_checked(lambda: value.item())()
 
 
 @pytest.mark.cuda
@@ -557,7 +545,7 @@ def test_cuda_monitor_adds_no_host_sync():
     monitor = LossScaleMonitor(flush_every=20)
     # Only the monitor's per-step hooks run under "error"; Lightning and GradScaler.step sync on their own.
     for name in ("on_train_start", "on_before_optimizer_step", "on_train_batch_end"):
-        setattr(monitor, name, _sync_checked(getattr(monitor, name)))
+        setattr(monitor, name, sync_checked(getattr(monitor, name)))
     try:
         trainer, logger, _ = fit("16-mixed", steps=50, accelerator="gpu", monitor=monitor, init_scale=2.0**16)
     finally:

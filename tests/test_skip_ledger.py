@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 from types import SimpleNamespace
 
 import pytest
@@ -18,6 +17,7 @@ from amp_core.record_logger import RunRecordLogger
 from amp_core.runs import SKIPS_FILE, RunWriter, load_run, load_skips
 from amp_core.skip_ledger import scheduler_steps_on_skipped, skip_hover, skipped_rows
 from amp_core.train import RunConfig, build_precision, run
+from tests.support.cuda import sync_checked
 
 SMALL = dict(hidden=32, depth=2)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -149,23 +149,11 @@ def test_get_loss_scale_method_is_kept_for_the_seed(tmp_path):
 # ---------------------------------------------------------------- CUDA: the ledger adds no host sync
 
 
-def _sync_checked(fn):
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    return wrapped
-
-
 @needs_cuda
 def test_cuda_ledger_adds_no_host_sync(tmp_path):
     monitor = LossScaleMonitor(flush_every=20)
     for name in ("on_train_start", "on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"):
-        setattr(monitor, name, _sync_checked(getattr(monitor, name)))
+        setattr(monitor, name, sync_checked(getattr(monitor, name)))
     try:
         _, r = fit(tmp_path, DemoMLP(**SMALL), [PutIntoGrad(["net.2.weight"], [3], float("nan")), InjectOverflow([7])],
                    steps=30, accelerator="gpu", monitor=monitor)
