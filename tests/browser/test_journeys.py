@@ -37,6 +37,13 @@ TRACE_NAMES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'
           names: (e.data || []).map(d => d.name || '')};
 })"""
 
+SKIP_HOVER_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(e => {
+  const t = e.layout && e.layout.title;
+  const title = (typeof t === 'string' ? t : (t && t.text) || '').replace(/<[^>]*>/g, '');
+  if (!title.startsWith('Loss scale')) return [];
+  return (e.data || []).filter(d => (d.name || '').includes(' skipped (')).flatMap(d => Array.from(d.customdata || []).map(String));
+})"""
+
 
 @pytest.fixture
 def ui(page_helpers):
@@ -157,6 +164,11 @@ def test_every_tab_on_runs(app_server, recorded, new_page, ui, shots_dir):
     share = main.locator("[data-testid='stMetric']").filter(has_text="Would underflow fp16 unscaled").locator("[data-testid='stMetricValue']")
     assert re.fullmatch(r"\d+\.\d\d%", share.inner_text().strip())
     ui.wait_until(lambda: any(c["title"].startswith("Gradient values at step 20") for c in charts(page)), ui.PAGE_S, message="the histogram")
+
+    page.get_by_role("tab", name="Skipped steps").click()
+    assert main.get_by_text(re.compile(r"the first, in backward order, whose gradient held inf or NaN")).is_visible()
+    hovers = page.evaluate(SKIP_HOVER_JS)  # what the loss-scale chart's skipped markers say on hover
+    assert hovers and all(re.match(r"step \d+ skipped: (inf|NaN|inf and NaN) in net\.\d+\.(weight|bias); scale ", h) for h in hovers), hovers[:3]
 
     page.get_by_role("tab", name="Scaler what-if").click()
     assert main.get_by_text(re.compile(r"reproduces the recorded scale on \d+\.\d%")).is_visible()
