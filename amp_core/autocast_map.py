@@ -43,6 +43,35 @@ class MapError(ValueError):
     """A map that cannot be taken with these settings; the message is one line a user can act on."""
 
 
+# The map keeps every op's facts and runs a step twice for fp16: past this many weights plus one batch's
+# activations (an estimate from the settings) a map takes minutes and gigabytes on a CPU, and says little
+# more about autocast than a smaller model of the same shape.
+MAX_MAP_VALUES = {"cpu": 50_000_000, "cuda": 500_000_000}
+
+
+def estimated_values(workload: str, settings: dict[str, Any]) -> int | None:
+    """Rough count of weights plus one step's activations for a built-in workload; None for your own model."""
+    from amp_core.config import defaults_for
+
+    c = {**defaults_for(workload), **{k: v for k, v in settings.items() if v is not None}}
+    if workload == "mlp":
+        h, d = int(c["hidden"]), int(c["depth"])
+        return 64 * h + (d - 1) * h * h + 10 * h + int(c["batch_size"]) * h * d
+    if workload == "gpt":
+        w, n, t, b = int(c["width"]), int(c["layers"]), int(c["context"]), int(c["batch_size"])
+        return 12 * n * w * w + 128 * w + b * t * (16 * w + int(c["heads"]) * t) * n
+    return None
+
+
+def size_problem(workload: str, settings: dict[str, Any], device: str = "cpu") -> str | None:
+    """One line when these settings make a map too large to take here; None when they are fine."""
+    values, limit = estimated_values(workload, settings), MAX_MAP_VALUES.get(device, MAX_MAP_VALUES["cpu"])
+    if values is None or values <= limit:
+        return None
+    return (f"these settings make about {values / 1e6:,.0f} M weights and activations, over the {limit / 1e6:,.0f} M a map "
+            f"takes on {device}: every op of the step is recorded, so choose a smaller model (the autocast rules are the same)")
+
+
 def first_batch(built: Any) -> Any:
     """One batch of a built workload's data, found where Lightning's fit would find it."""
     import pytorch_lightning as pl
@@ -97,6 +126,8 @@ def take(workload: str = "mlp", precision: str = "16-mixed", device: str = "cpu"
     from amp_core.config import defaults_for
 
     values = {k: v for k, v in settings.items() if v is not None and k in map_settings(workload)}
+    if problem := size_problem(workload, values, device):
+        raise MapError(problem)
     try:
         config = RunConfig(**{**defaults_for(workload), **values, "precision": precision,
                               "accelerator": "gpu" if device == "cuda" else "cpu"}).validate()

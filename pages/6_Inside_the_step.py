@@ -4,7 +4,7 @@ import ui_common  # first: it does the heavy imports once (see there)
 import pandas as pd
 import streamlit as st
 
-from amp_core.autocast_map import NEAR_OVERFLOW_LOG2, module_table, probe_map, summarize
+from amp_core.autocast_map import NEAR_OVERFLOW_LOG2, module_table, probe_map, size_problem, summarize
 from amp_core.backward_underflow import binade_figure, underflow_rows
 
 st.set_page_config(page_title="Inside the step · AMP Explorer", page_icon="🔬", layout="wide")
@@ -25,6 +25,10 @@ again = c4.button("Take it again", help="Discard the kept map and record a fresh
 settings = ui_common.workload_inputs(workload)
 if workload == "user" and not settings.get("model"):
     st.info("Name your LightningModule (pkg.module:attr) to map one of its steps.")
+    st.stop()
+
+if problem := size_problem(workload, settings, device):
+    st.warning(f"No map for this: {problem}.")
     st.stop()
 
 with st.spinner(f"Recording one {precision} step of {workload} on {device} in a child process…"):

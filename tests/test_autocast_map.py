@@ -237,3 +237,13 @@ def test_user_model_map_and_its_errors():
     assert summarize(m)["ops"]["backward"] > 0
     with pytest.raises(autocast_map.MapError, match="no attribute 'Nope'"):
         take("user", "16-mixed", model="tests.user_models.tiny_net:Nope")
+
+
+def test_a_model_too_large_to_map_is_refused_in_one_line():
+    """Found by the random-interaction test: a map of the largest MLP the settings allow ran for minutes."""
+    problem = autocast_map.size_problem("mlp", {"hidden": 65536, "depth": 64})
+    assert problem and "choose a smaller model" in problem
+    assert autocast_map.size_problem("mlp", {}) is None and autocast_map.size_problem("gpt", {}) is None
+    assert autocast_map.size_problem("user", {"model": "x:y"}) is None  # your own model: its size is not known before import
+    with pytest.raises(autocast_map.MapError, match="choose a smaller model"):
+        take("gpt", "16-mixed", width=8192, layers=48)

@@ -85,3 +85,12 @@ def test_the_server_does_not_import_torch(kept_maps):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["False", "False"]
+
+
+def test_a_model_too_large_to_map_gets_a_warning_and_no_child_process(page, kept_maps):
+    at = page.run()
+    before = set((kept_maps / ".autocast_maps").glob("*.json"))
+    next(n for n in at.number_input if n.label == "Hidden width").set_value(65536).run()
+    assert not at.exception
+    assert any("No map for this" in w.value and "choose a smaller model" in w.value for w in at.warning)
+    assert set((kept_maps / ".autocast_maps").glob("*.json")) == before

@@ -93,7 +93,7 @@ def test_compare_page_runs_your_own_model(app_env):
     at = page("pages/4_Compare.py").run()
     at.selectbox(key="compare_workload").select("user").run()
     at.multiselect[0].set_value(["32-true", "bf16-mixed"])
-    widget(at.number_input, "Steps").set_value(8)
+    widget(at.number_input, "Steps").set_value(17)
     widget(at.text_input, "Model (pkg.module:attr)").input("tiny_net:TinyRegressor")
     widget(at.text_input, "Folder put on sys.path (optional)").input(str(MODELS))
     widget(at.button, "Run comparison").click()
