@@ -1,9 +1,9 @@
 """AMP Explorer: the home page. Fast by design: no torch and no Lightning in this script."""
 
-import ui_common  # first: it does the heavy imports once (see there)
 import streamlit as st
 
-from amp_core.hardware import summary_lines
+import ui_common  # first: it does the heavy imports once (see there)
+from amp_core.serve.hardware import summary_lines
 
 st.set_page_config(page_title="AMP Explorer", page_icon="⚡", layout="wide")
 
@@ -41,7 +41,23 @@ hardware()
 st.subheader("Explore")
 st.page_link("pages/1_Precision.py", label="Precision: which mode does a setting really give?", icon="🎚️")
 st.page_link("pages/2_Train.py", label="Train: start a short run and watch its loss scale live", icon="🏃")
-st.page_link("pages/3_Runs.py", label="Runs: replay, overlay and export recorded runs; gradients vs fp16, scaler what-ifs, advice", icon="🗂️")
-st.page_link("pages/4_Compare.py", label="Compare: the same model under 32-true, 16-mixed and bf16-mixed; speed, memory, loss, against AMP's targets", icon="⚖️")
-st.page_link("pages/5_Formats.py", label="Formats: what fp32, tf32, fp16, bf16 and fp8 can hold, and where a gradient lands", icon="🔢")
-st.page_link("pages/6_Inside_the_step.py", label="Inside the step: the dtype every op really ran in, and fp16's real underflow in backward", icon="🔬")
+st.page_link(
+    "pages/3_Runs.py",
+    label="Runs: replay, overlay and export recorded runs; gradients vs fp16, scaler what-ifs, advice",
+    icon="🗂️",
+)
+st.page_link(
+    "pages/4_Compare.py",
+    label="Compare: the same model under 32-true, 16-mixed and bf16-mixed; speed, memory, loss, against AMP's targets",
+    icon="⚖️",
+)
+st.page_link(
+    "pages/5_Formats.py",
+    label="Formats: what fp32, tf32, fp16, bf16 and fp8 can hold, and where a gradient lands",
+    icon="🔢",
+)
+st.page_link(
+    "pages/6_Inside_the_step.py",
+    label="Inside the step: the dtype every op really ran in, and fp16's real underflow in backward",
+    icon="🔬",
+)

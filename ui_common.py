@@ -19,8 +19,8 @@ import plotly.graph_objects  # noqa: F401
 import streamlit as st
 
 from amp_core import charts
-from amp_core.live import LiveRegistry, LiveSnapshot, RedrawPacer
-from amp_core.runs import FINAL_STATES, RunRecordError, default_runs_dir, run_path
+from amp_core.record import FINAL_STATES, RunRecordError, default_runs_dir, run_path
+from amp_core.serve.live import LiveRegistry, LiveSnapshot, RedrawPacer
 
 LIVE_EVERY_S = 1.0  # the fastest live redraw; with many viewers the pacer stretches it
 FIRST_POINT_EVERY_S = 0.25
@@ -34,7 +34,7 @@ def runs_dir() -> Path:
 
 @st.cache_resource(show_spinner=False)
 def _launcher(path: str):
-    from amp_core.worker import get_launcher
+    from amp_core.serve.worker import get_launcher
 
     return get_launcher(path)
 
@@ -65,7 +65,9 @@ def valid_run_id(run_id: str | None) -> str | None:
     return run_id
 
 
-def fitted_columns(frame, labels: dict | None = None, px_per_char: float = 7.0, pad_px: int = 32, max_px: int = 1400) -> dict:
+def fitted_columns(
+    frame, labels: dict | None = None, px_per_char: float = 7.0, pad_px: int = 32, max_px: int = 1400
+) -> dict:
     """A column_config that makes each column as wide as its widest cell or header.
 
     st.dataframe sizes columns itself but caps their width and cuts long text off with an ellipsis
@@ -112,7 +114,11 @@ def _progress(snap: LiveSnapshot) -> None:
 
 
 def run_charts(series: list[tuple[str, object]], key: str, injected=(), skip_notes=None) -> None:
-    figures = (charts.loss_scale_figure(series, injected=injected, skip_notes=skip_notes), charts.loss_figure(series), charts.grad_norm_figure(series))
+    figures = (
+        charts.loss_scale_figure(series, injected=injected, skip_notes=skip_notes),
+        charts.loss_figure(series),
+        charts.grad_norm_figure(series),
+    )
     _chart_layout(figures, key)
 
 
@@ -150,7 +156,7 @@ def live_run(run_id: str, key: str, paused: bool = False) -> None:
 
     Every session watching the run shares one read of its record and one set of figures; the redraw
     interval is 1 s, longer when so many watch that redrawing would crowd the server or the machine
-    is oversubscribed (amp_core.live.RedrawPacer), and the view says so.
+    is oversubscribed (amp_core.serve.live.RedrawPacer), and the view says so.
     """
     registry = live_registry()
     live = registry.run(run_path(runs_dir(), run_id))
@@ -160,7 +166,9 @@ def live_run(run_id: str, key: str, paused: bool = False) -> None:
     # From the start until the first point arrives, look often (a start should show at once); then
     # settle. A run waiting in the queue may wait minutes: it is looked at like a running one.
     waiting = len(snap.metrics) == 0 and snap.state != "queued"
-    every, slower_because = registry.pacer.explain() if going and not waiting else (FIRST_POINT_EVERY_S if going else None, "")
+    every, slower_because = (
+        registry.pacer.explain() if going and not waiting else (FIRST_POINT_EVERY_S if going else None, "")
+    )
 
     @st.fragment(run_every=every, key=f"live-{key}")
     def view() -> None:
@@ -183,26 +191,32 @@ def live_run(run_id: str, key: str, paused: bool = False) -> None:
     view()
 
 
-# -- workloads: the select and each workload's own settings (bounds from amp_core.config's table) --
+# -- workloads: the select and each workload's own settings (bounds from amp_core.training.config's table) --
 
 WORKLOAD_LABELS = {
-    "hidden": "Hidden width", "depth": "Hidden layers", "layers": "Layers", "heads": "Heads", "width": "Width",
-    "context": "Context length", "model": "Model (pkg.module:attr)", "data": "Data (pkg.module:attr, optional)",
+    "hidden": "Hidden width",
+    "depth": "Hidden layers",
+    "layers": "Layers",
+    "heads": "Heads",
+    "width": "Width",
+    "context": "Context length",
+    "model": "Model (pkg.module:attr)",
+    "data": "Data (pkg.module:attr, optional)",
     "path": "Folder put on sys.path (optional)",
 }
 
 
 def workload_select(key: str) -> str:
     """The workload, chosen outside the form so that the settings in it follow the choice."""
-    from amp_core.workloads import WORKLOADS
+    from amp_core.training.workloads import WORKLOADS
 
     return st.selectbox("Workload", list(WORKLOADS), format_func=lambda n: f"{n}: {WORKLOADS[n].description}", key=key)
 
 
 def workload_inputs(workload: str) -> dict:
     """The workload's own settings as widgets; your own model's fields are off unless the server may import it."""
-    from amp_core.config import RULES, widget_bounds, workload_settings
-    from amp_core.workloads import user_models_allowed
+    from amp_core.training.config import RULES, widget_bounds, workload_settings
+    from amp_core.training.workloads import user_models_allowed
 
     allowed, why = user_models_allowed(st.get_option("server.address"))
     names = workload_settings(workload)
@@ -210,7 +224,9 @@ def workload_inputs(workload: str) -> dict:
     for col, name in zip(st.columns(max(1, len(names))), names):
         bounds = widget_bounds(name, workload)
         if RULES[name].kind == "text":
-            typed = col.text_input(WORKLOAD_LABELS[name], value=bounds["value"], help=bounds["help"], disabled=not allowed).strip()
+            typed = col.text_input(
+                WORKLOAD_LABELS[name], value=bounds["value"], help=bounds["help"], disabled=not allowed
+            ).strip()
             values[name] = typed if allowed else ""  # a disabled field's value is still the browser's word: not used
         else:
             values[name] = col.number_input(WORKLOAD_LABELS[name], **bounds)

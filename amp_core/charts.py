@@ -9,12 +9,12 @@ points, so a spike survives downsampling. Everything is passed to Plotly as NumP
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import plotly.graph_objects as go
 
-from amp_core.runs import RunMetrics, change_points
+from amp_core.record import RunMetrics, change_points
 
 MAX_POINTS = 4000
 MAX_MARKERS = 2000
@@ -99,12 +99,16 @@ def _layout(fig: go.Figure, title: str, ytitle: str, height: int = 320) -> go.Fi
 Series = tuple[str, RunMetrics]
 
 
-def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)", injected: Iterable[int] = (),
-                      skip_notes: tuple[np.ndarray, np.ndarray] | None = None) -> go.Figure:
+def loss_scale_figure(
+    series: Iterable[Series],
+    title: str = "Loss scale (log2)",
+    injected: Iterable[int] = (),
+    skip_notes: tuple[np.ndarray, np.ndarray] | None = None,
+) -> go.Figure:
     """The GradScaler's scale per step on a log2 axis, with skipped (overflow) steps marked.
 
     `injected`: steps where an overflow was put in on purpose (of the first series); marked apart.
-    `skip_notes`: (steps, texts) of the first series' skip ledger (amp_core.skip_ledger.skip_hover): each
+    `skip_notes`: (steps, texts) of the first series' skip ledger (amp_core.record.skips.skip_hover): each
     skipped marker's hover then says why (inf or NaN, and the parameter that first held one).
     """
     fig = go.Figure()
@@ -117,31 +121,56 @@ def loss_scale_figure(series: Iterable[Series], title: str = "Loss scale (log2)"
             continue
         steps, scale = change_points(m.step[valid], m.loss_scale[valid])
         lo, hi = min(lo, float(scale.min())), max(hi, float(scale.max()))
-        fig.add_trace(go.Scatter(x=steps, y=scale, mode="lines", line_shape="hv", name=f"{label} scale", line=dict(color=color)))
+        fig.add_trace(
+            go.Scatter(x=steps, y=scale, mode="lines", line_shape="hv", name=f"{label} scale", line=dict(color=color))
+        )
         skipped = valid & (m.skipped > 0)
         forced = skipped & np.isin(m.step, injected) if i == 0 else np.zeros_like(skipped)
         if forced.any():
             fig.add_trace(
-                go.Scatter(x=m.step[forced], y=m.loss_scale[forced], mode="markers", name=f"{label} injected ({int(forced.sum())})",
-                           marker=dict(symbol="star", size=12, color="#ff7f0e"),
-                           hovertemplate="step %{x}: overflow injected on purpose, skipped at scale %{y:.3g}<extra></extra>")
+                go.Scatter(
+                    x=m.step[forced],
+                    y=m.loss_scale[forced],
+                    mode="markers",
+                    name=f"{label} injected ({int(forced.sum())})",
+                    marker=dict(symbol="star", size=12, color="#ff7f0e"),
+                    hovertemplate="step %{x}: overflow injected on purpose, skipped at scale %{y:.3g}<extra></extra>",
+                )
             )
         skipped &= ~forced
         if skipped.any():
             sx, sy, thinned = _thin(m.step[skipped], m.loss_scale[skipped], MAX_MARKERS)
             name = f"{label} skipped ({int(skipped.sum())}{', sampled' if thinned else ''})"
             notes = _notes_at(sx, skip_notes) if i == 0 and skip_notes is not None else None
-            hover = "%{customdata}<extra></extra>" if notes is not None else "step %{x}: overflow, step skipped at scale %{y:.3g}<extra></extra>"
+            hover = (
+                "%{customdata}<extra></extra>"
+                if notes is not None
+                else "step %{x}: overflow, step skipped at scale %{y:.3g}<extra></extra>"
+            )
             fig.add_trace(
-                go.Scatter(x=sx, y=sy, mode="markers", name=name, marker=dict(symbol="x", size=8, color="#d62728"),
-                           customdata=notes, hovertemplate=hover)
+                go.Scatter(
+                    x=sx,
+                    y=sy,
+                    mode="markers",
+                    name=name,
+                    marker=dict(symbol="x", size=8, color="#d62728"),
+                    customdata=notes,
+                    hovertemplate=hover,
+                )
             )
     _layout(fig, title, "loss scale")
     if hi > 0:
         tickvals, ticktext = _pow2_ticks(lo, hi)
         fig.update_yaxes(type="log", tickvals=tickvals, ticktext=ticktext)
     else:
-        fig.add_annotation(text="no GradScaler in this run: bf16 and fp32 need no loss scaling", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.add_annotation(
+            text="no GradScaler in this run: bf16 and fp32 need no loss scaling",
+            showarrow=False,
+            x=0.5,
+            y=0.5,
+            xref="paper",
+            yref="paper",
+        )
     return fig
 
 
@@ -151,7 +180,9 @@ def _notes_at(steps: np.ndarray, skip_notes: tuple[np.ndarray, np.ndarray]) -> n
     return np.array([known.get(int(s), f"step {int(s)}: overflow, step skipped") for s in steps], dtype=object)
 
 
-def _dense_figure(series: Iterable[Series], column: str, title: str, ytitle: str, log: bool = False, max_points: int = MAX_POINTS) -> go.Figure:
+def _dense_figure(
+    series: Iterable[Series], column: str, title: str, ytitle: str, log: bool = False, max_points: int = MAX_POINTS
+) -> go.Figure:
     fig = go.Figure()
     positive: list[float] = []  # the log axis's data range, for its ticks
     for i, (label, m) in enumerate(series):
@@ -180,7 +211,7 @@ def grad_norm_figure(series: Iterable[Series], max_points: int = MAX_POINTS) -> 
 
 def grad_histogram_figure(hist: dict, loss_scale: float | None) -> go.Figure:
     """A log2 histogram of unscaled gradient values, and the same values times the loss scale, against fp16's range."""
-    from amp_core.gradients import FP16_MAX, FP16_MIN_NORMAL_LOG2, FP16_MIN_SUBNORMAL_LOG2
+    from amp_core.analysis.gradients import FP16_MAX, FP16_MIN_NORMAL_LOG2, FP16_MIN_SUBNORMAL_LOG2
 
     counts = np.asarray(hist["counts"], dtype=np.float64)
     counts[0] = max(0.0, counts[0] - hist.get("zeros", 0))
@@ -190,13 +221,53 @@ def grad_histogram_figure(hist: dict, loss_scale: float | None) -> go.Figure:
     fig = go.Figure()
     if nz.size:
         sl = slice(nz[0], nz[-1] + 1)
-        fig.add_trace(go.Bar(x=edges[sl] + 0.5, y=counts[sl] / total, name="unscaled gradients", marker_color=PALETTE[0], opacity=0.75))
+        fig.add_trace(
+            go.Bar(
+                x=edges[sl] + 0.5,
+                y=counts[sl] / total,
+                name="unscaled gradients",
+                marker_color=PALETTE[0],
+                opacity=0.75,
+            )
+        )
         if loss_scale:
             shift = math.log2(loss_scale)
-            fig.add_trace(go.Bar(x=edges[sl] + 0.5 + shift, y=counts[sl] / total, name=f"× loss scale 2^{shift:.3g}", marker_color=PALETTE[2], opacity=0.75))
-    fig.add_vrect(x0=-80, x1=FP16_MIN_SUBNORMAL_LOG2, fillcolor="#d62728", opacity=0.12, line_width=0, annotation_text="fp16 underflow → 0", annotation_position="top left")
-    fig.add_vrect(x0=FP16_MIN_SUBNORMAL_LOG2, x1=FP16_MIN_NORMAL_LOG2, fillcolor="#ff7f0e", opacity=0.12, line_width=0, annotation_text="subnormal", annotation_position="top left")
-    fig.add_vrect(x0=math.log2(FP16_MAX), x1=40, fillcolor="#d62728", opacity=0.12, line_width=0, annotation_text="overflow → inf", annotation_position="top right")
+            fig.add_trace(
+                go.Bar(
+                    x=edges[sl] + 0.5 + shift,
+                    y=counts[sl] / total,
+                    name=f"× loss scale 2^{shift:.3g}",
+                    marker_color=PALETTE[2],
+                    opacity=0.75,
+                )
+            )
+    fig.add_vrect(
+        x0=-80,
+        x1=FP16_MIN_SUBNORMAL_LOG2,
+        fillcolor="#d62728",
+        opacity=0.12,
+        line_width=0,
+        annotation_text="fp16 underflow → 0",
+        annotation_position="top left",
+    )
+    fig.add_vrect(
+        x0=FP16_MIN_SUBNORMAL_LOG2,
+        x1=FP16_MIN_NORMAL_LOG2,
+        fillcolor="#ff7f0e",
+        opacity=0.12,
+        line_width=0,
+        annotation_text="subnormal",
+        annotation_position="top left",
+    )
+    fig.add_vrect(
+        x0=math.log2(FP16_MAX),
+        x1=40,
+        fillcolor="#d62728",
+        opacity=0.12,
+        line_width=0,
+        annotation_text="overflow → inf",
+        annotation_position="top right",
+    )
     _layout(fig, f"Gradient values at step {hist['step']} (log2 bins)", "share of values")
     lo = float(edges[nz[0]]) - 2 if nz.size else -40.0
     hi = max(20.0, float(edges[nz[-1]] + (math.log2(loss_scale) if loss_scale else 0)) + 3) if nz.size else 20.0
@@ -205,7 +276,9 @@ def grad_histogram_figure(hist: dict, loss_scale: float | None) -> go.Figure:
     return fig
 
 
-def whatif_figure(steps: np.ndarray, recorded: np.ndarray, replays: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> go.Figure:
+def whatif_figure(
+    steps: np.ndarray, recorded: np.ndarray, replays: Iterable[tuple[str, np.ndarray, np.ndarray]]
+) -> go.Figure:
     """The recorded loss scale beside replayed policies (label, scales, skipped), on a log2 axis."""
     fig = go.Figure()
     lines = [("recorded", recorded, None), *replays]
@@ -215,7 +288,16 @@ def whatif_figure(steps: np.ndarray, recorded: np.ndarray, replays: Iterable[tup
         lo, hi = min(lo, float(np.nanmin(scales))), max(hi, float(np.nanmax(scales)))
         dash = "solid" if i == 0 else "dash"
         name = label if skipped is None else f"{label} (estimate, {int(np.sum(skipped))} skipped)"
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line_shape="hv", name=name, line=dict(color=PALETTE[i % len(PALETTE)], dash=dash)))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                line_shape="hv",
+                name=name,
+                line=dict(color=PALETTE[i % len(PALETTE)], dash=dash),
+            )
+        )
     _layout(fig, "What-if: the same gradients under other scaler policies", "loss scale")
     if hi > 0 and lo > 0:
         tickvals, ticktext = _pow2_ticks(lo, hi)

@@ -29,7 +29,8 @@ import json
 import sys
 import threading
 import warnings
-from typing import Any, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 __all__ = [
     "InvalidPrecisionError",
@@ -104,7 +105,9 @@ def normalize_precision(value) -> str:
         except ValueError as err:
             message = str(err)
             if "Allowed precision values" not in message:  # Lightning's own repr() failed (an int of over 4300 digits)
-                message = f"Precision {_shown(value)} is invalid. Allowed precision values: {requested_precision_values()}"
+                message = (
+                    f"Precision {_shown(value)} is invalid. Allowed precision values: {requested_precision_values()}"
+                )
             raise InvalidPrecisionError(message) from err
     if unified is None:
         return Precision.precision  # the base plugin's default, which is what Trainer(precision=None) gets
@@ -124,22 +127,22 @@ class PrecisionResolution:
     """
 
     requested: Any
-    use_amp: Optional[bool]
+    use_amp: bool | None
     cuda_available: bool
     use_gpu: bool
     rule_precision: Any  # compute_effective_precision's output, handed to Lightning as is
     accelerator: str  # the Trainer accelerator the run targets: 'cuda' or 'cpu'
     lightning_precision: str  # after Lightning's alias normalisation
-    final_precision: Optional[str]  # after Lightning's fallbacks; None when Lightning raised
-    plugin: Optional[str]  # class name of Lightning's precision plugin
-    autocast_dtype: Optional[str]  # None: no autocast, the model runs in weights_dtype
-    weights_dtype: Optional[str]  # parameter dtype after the plugin converts the model
+    final_precision: str | None  # after Lightning's fallbacks; None when Lightning raised
+    plugin: str | None  # class name of Lightning's precision plugin
+    autocast_dtype: str | None  # None: no autocast, the model runs in weights_dtype
+    weights_dtype: str | None  # parameter dtype after the plugin converts the model
     grad_scaler: bool
     warnings: tuple[str, ...]  # Lightning's warnings, verbatim
     info: tuple[str, ...]  # Lightning's info log lines, verbatim
-    error: Optional[str]  # Lightning's error on the target accelerator (simulated or not)
+    error: str | None  # Lightning's error on the target accelerator (simulated or not)
     simulated: bool  # answered with CUDA simulated, because this machine has none
-    local_error: Optional[str]  # when simulated: Lightning's error on this machine
+    local_error: str | None  # when simulated: Lightning's error on this machine
 
     @property
     def fallback(self) -> bool:
@@ -309,7 +312,7 @@ def _ask_lightning(precision, accelerator: str) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None, typed=True)
-def _resolve(requested, use_amp: Optional[bool], cuda_available: bool, use_gpu: bool) -> PrecisionResolution:
+def _resolve(requested, use_amp: bool | None, cuda_available: bool, use_gpu: bool) -> PrecisionResolution:
     rule_precision = compute_effective_precision(requested, use_amp, cuda_available, use_gpu)
     accelerator = "cuda" if use_gpu and cuda_available else "cpu"
     return PrecisionResolution(
@@ -334,7 +337,7 @@ def resolve_precision(requested, use_amp=None, cuda_available=False, use_gpu=Fal
     return _resolve(requested, use_amp, bool(cuda_available), bool(use_gpu))
 
 
-def truth_table(requested_values: Optional[Iterable] = None) -> list[PrecisionResolution]:
+def truth_table(requested_values: Iterable | None = None) -> list[PrecisionResolution]:
     """One resolution per (requested, use_amp, cuda_available, use_gpu); by default every value Lightning takes."""
     requested_values = requested_precision_values() if requested_values is None else tuple(requested_values)
     combinations = itertools.product(requested_values, (None, True, False), (True, False), (True, False))
@@ -383,7 +386,7 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = _OneLineParser(prog="python -m amp_core.precision", description=__doc__.split("\n\n")[0])
     parser.add_argument("--precision", help="requested Trainer precision, e.g. 16-mixed, bf16, 32")
     parser.add_argument("--use-amp", type=_cli_choice(_CLI_USE_AMP), default=None, help="none, true or false")

@@ -31,15 +31,12 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +45,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from amp_core import charts  # noqa: E402
-from amp_core.runs import RunFollower, RunWriter, load_run, now_iso  # noqa: E402
+from amp_core.record import RunFollower, RunWriter, load_run, now_iso  # noqa: E402
+from bench.harness import (  # noqa: E402
+    CHROMIUM,
+    SETTLED,
+    Server,
+    check_no_exception,
+    launch_browser,
+    new_page,
+    worker_pids,
+)
 
-CHROMIUM = os.environ.get("AMP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"]
-SETTLED = "[data-testid='stApp'][data-test-script-state='notRunning']"
-EXCEPTION = "[data-testid='stException']"
 # Points in the first trace of the chart titled "Loss scale ..." (0 while there is none); with an
 # argument, only a chart of the run now in the URL (`?run=`), and only if that is not the run given.
 # NumPy arrays reach Plotly as base64 typed arrays: `_fullData[i].x` is the decoded array.
@@ -75,145 +77,6 @@ LOSS_SCALE_POINTS_JS = """(notRun) => {
 }"""
 
 GOALS = {"start_warm": 1.0, "start_cold": 3.0, "payload": 2_000_000, "home_ratio": 1.5}
-
-
-# -- servers ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def worker_pids(runs_dir: Path) -> list[int]:
-    """`amp_core.worker` processes whose environment names `runs_dir`."""
-    marker = f"AMP_RUNS_DIR={runs_dir}".encode()
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if b"\0-m\0amp_core.worker\0" not in (entry / "cmdline").read_bytes():
-                continue
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                out.append(int(entry.name))
-        except OSError:
-            continue
-    return out
-
-
-def cpu_ticks(pid: int) -> int | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-# `streamlit run` with the launcher's warm worker turned off (Launcher(warm=False) as the default), for
-# cold starts: the app has no switch for it, so the server process patches the default, then runs
-# Streamlit's own command line exactly as `python -m streamlit` does.
-COLD_BOOT = (
-    "import sys; import amp_core.worker as w; "
-    "w.Launcher.__init__.__defaults__ = w.Launcher.__init__.__defaults__[:-1] + (False,); "
-    "from streamlit.web.cli import main; sys.argv[0] = 'streamlit'; main(prog_name='streamlit')"
-)
-
-
-class Server:
-    def __init__(self, script: str, cwd: Path, runs_dir: Path | None, log: Path, cold: bool = False):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.runs_dir = runs_dir.resolve() if runs_dir else None
-        env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true", PYTHONUNBUFFERED="1")
-        if self.runs_dir:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
-            env["AMP_RUNS_DIR"] = str(self.runs_dir)
-            env["WANDB_DIR"] = str(self.runs_dir.parent)
-        cmd = [sys.executable, *(["-c", COLD_BOOT] if cold else ["-m", "streamlit"]), "run", script, "--server.headless", "true", "--server.address", "127.0.0.1",
-               "--server.port", str(self.port), "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]  # fmt: skip
-        self.log_path = log
-        self._log = open(log, "wb")
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited early:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("streamlit was not healthy after 90 s")
-            time.sleep(0.05)
-        self.healthy_after = time.perf_counter() - self.started
-
-    def spare_ready(self) -> bool:
-        """A worker that is not training any run, alive, and idle (blocked reading its job)."""
-        busy = set()  # every process that ever took a job (a finished one may still be exiting)
-        for status in self.runs_dir.glob("*/status.json"):
-            try:
-                s = json.loads(status.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(s.get("pid"), int):
-                busy.add(s["pid"])
-        for pid in worker_pids(self.runs_dir):
-            if pid in busy:
-                continue
-            a = cpu_ticks(pid)
-            time.sleep(0.5)
-            b = cpu_ticks(pid)
-            if a is not None and a == b and a > 50:  # has imported torch (>0.5 s of CPU) and now waits
-                return True
-        return False
-
-    def wait_spare(self, timeout: float = 90) -> float:
-        t0 = time.perf_counter()
-        while not self.spare_ready():
-            if time.perf_counter() - t0 > timeout:
-                raise RuntimeError("the warm worker did not become ready")
-            time.sleep(0.2)
-        return time.perf_counter() - t0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.runs_dir:
-            for pid in worker_pids(self.runs_dir):
-                for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-                    try:
-                        kill()
-                        break
-                    except (ProcessLookupError, PermissionError):
-                        continue
-        self._log.close()
-
-
-def launch_browser(p):
-    return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-
-
-def new_page(browser, timeout_s: float = 90):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-    ctx.set_default_timeout(timeout_s * 1000)
-    return ctx, ctx.new_page()
-
-
-def check_no_exception(page, where: str) -> None:
-    shown = page.locator(EXCEPTION).all_inner_texts()
-    if shown:
-        raise RuntimeError(f"{where} shows an exception:\n" + "\n".join(shown)[:3000])
 
 
 # -- 1. start -> first point ------------------------------------------------------------------------
@@ -492,8 +355,15 @@ def bench_redraw_browser(p, tmp: Path, runs_dir: Path, results: dict[int, dict],
                 res["ws_bytes_per_redraw"] = statistics.median(bursts) if bursts else None
                 res["ws_max_redraw"] = max(bursts, default=0)
                 res["ws_max_frame"] = max((f[1] for f in window), default=0)
-                per = f"{res['ws_bytes_per_redraw'] / 1e3:.1f} kB (max {res['ws_max_redraw'] / 1e3:.1f} kB)" if redraws else "no redraw seen"
-                print(f"  websocket {n:>9,} steps: {per} per redraw ({redraws} redraws in {seconds:g} s; page open -> chart {first_chart_s:.1f} s)", flush=True)
+                per = (
+                    f"{res['ws_bytes_per_redraw'] / 1e3:.1f} kB (max {res['ws_max_redraw'] / 1e3:.1f} kB)"
+                    if redraws
+                    else "no redraw seen"
+                )
+                print(
+                    f"  websocket {n:>9,} steps: {per} per redraw ({redraws} redraws in {seconds:g} s; page open -> chart {first_chart_s:.1f} s)",
+                    flush=True,
+                )
             finally:
                 stop.set()
                 appender.join()
@@ -507,7 +377,7 @@ def bench_redraw_browser(p, tmp: Path, runs_dir: Path, results: dict[int, dict],
 
 # -- 3. Home page ready vs a bare Streamlit page ----------------------------------------------------
 
-READY_JS = f"() => document.querySelector(\"{SETTLED}\") ? performance.now() : false"
+READY_JS = f'() => document.querySelector("{SETTLED}") ? performance.now() : false'
 
 
 def page_ready_ms(browser, url: str) -> float:
@@ -536,7 +406,10 @@ def bench_home(p, tmp: Path, loads: int) -> dict:
             pair = [("app", app.url + "/"), ("bare", bare.url + "/")]
             for name, url in pair if i % 2 == 0 else pair[::-1]:
                 out[name].append(page_ready_ms(browser, url))
-        print(f"  home: app {statistics.median(out['app']):.0f} ms, bare {statistics.median(out['bare']):.0f} ms (medians of {loads})", flush=True)
+        print(
+            f"  home: app {statistics.median(out['app']):.0f} ms, bare {statistics.median(out['bare']):.0f} ms (medians of {loads})",
+            flush=True,
+        )
     finally:
         browser.close()
         app.stop()
@@ -556,10 +429,17 @@ def verdict(value: float | None, goal: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
-    ap.add_argument("--only", action="append", choices=("start", "redraw", "home"), help="run only these parts (repeatable)")
+    ap.add_argument(
+        "--only", action="append", choices=("start", "redraw", "home"), help="run only these parts (repeatable)"
+    )
     ap.add_argument("--sizes", default="1000,10000,100000,1000000", help="run sizes for the redraw part")
     ap.add_argument("--no-websocket", action="store_true", help="skip the in-browser websocket measurement")
-    ap.add_argument("--wandb", default="offline", choices=("offline", "disabled"), help="the W&B choice in the Train form for the start part")
+    ap.add_argument(
+        "--wandb",
+        default="offline",
+        choices=("offline", "disabled"),
+        help="the W&B choice in the Train form for the start part",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (records, server logs)")
     args = ap.parse_args(argv)
     parts = args.only or ["start", "redraw", "home"]
@@ -573,7 +453,10 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="amp-bench-"))
     os.environ["WANDB_MODE"] = "offline"
-    print(f"AMP Explorer app latency benchmark ({'quick' if args.quick else 'full'}); {os.cpu_count()} CPUs; work folder {tmp}", flush=True)
+    print(
+        f"AMP Explorer app latency benchmark ({'quick' if args.quick else 'full'}); {os.cpu_count()} CPUs; work folder {tmp}",
+        flush=True,
+    )
     t_all = time.perf_counter()
     start = redraw = home = None
     errors: list[str] = []
@@ -610,19 +493,51 @@ def main(argv: list[str] | None = None) -> int:
         for kind, goal in (("warm", GOALS["start_warm"]), ("cold", GOALS["start_cold"])):
             v = statistics.median(start[kind]) if start[kind] else None
             spread = f"{min(start[kind]):.2f}-{max(start[kind]):.2f} s, n={len(start[kind])}" if start[kind] else ""
-            rows.append((f"Start run -> first point ({kind}, W&B {args.wandb})", f"{v:.2f} s" if v is not None else "n/a", spread, f"<= {goal:g} s", verdict(v, goal)))
+            rows.append(
+                (
+                    f"Start run -> first point ({kind}, W&B {args.wandb})",
+                    f"{v:.2f} s" if v is not None else "n/a",
+                    spread,
+                    f"<= {goal:g} s",
+                    verdict(v, goal),
+                )
+            )
     if redraw:
         for n, r in redraw.items():
             ws = r.get("ws_bytes_per_redraw")
             detail = f"figures {'+'.join(f'{b / 1e3:.0f}' for b in r['per_fig'])} kB; load_run {r['load_s']:.2f} s"
             if ws is not None:
                 detail += f"; websocket {ws / 1e3:.1f} kB/redraw"
-            rows.append((f"Redraw {n:,} steps: server time", f"{1e3 * r['redraw_s']:.1f} ms", f"first read {r['first_poll_s']:.2f} s", "", ""))
+            rows.append(
+                (
+                    f"Redraw {n:,} steps: server time",
+                    f"{1e3 * r['redraw_s']:.1f} ms",
+                    f"first read {r['first_poll_s']:.2f} s",
+                    "",
+                    "",
+                )
+            )
             worst = max(r["payload"], r.get("ws_max_redraw") or 0)
-            rows.append((f"Redraw {n:,} steps: payload", f"{r['payload'] / 1e3:.1f} kB", detail, "<= 2 MB", verdict(worst, GOALS["payload"])))
+            rows.append(
+                (
+                    f"Redraw {n:,} steps: payload",
+                    f"{r['payload'] / 1e3:.1f} kB",
+                    detail,
+                    "<= 2 MB",
+                    verdict(worst, GOALS["payload"]),
+                )
+            )
     if home:
         a, b = statistics.median(home["app"]), statistics.median(home["bare"])
-        rows.append(("Home ready / bare page ready", f"{a / b:.2f}x", f"{a:.0f} ms vs {b:.0f} ms, n={len(home['app'])}", f"<= {GOALS['home_ratio']:g}x", verdict(a / b, GOALS["home_ratio"])))
+        rows.append(
+            (
+                "Home ready / bare page ready",
+                f"{a / b:.2f}x",
+                f"{a:.0f} ms vs {b:.0f} ms, n={len(home['app'])}",
+                f"<= {GOALS['home_ratio']:g}x",
+                verdict(a / b, GOALS["home_ratio"]),
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows + [("measure", "median", "detail", "goal", "result")]) for i in range(5)]
     print()
     for r in [("measure", "median", "detail", "goal", "result")] + rows:
@@ -630,8 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     if start and start["notes"]:
         print("notes: " + "; ".join(start["notes"]))
     if start:
-        print("warm = the launcher's spare worker had finished importing torch and Lightning; cold = the server ran with the spare\n"
-              "worker turned off (Launcher's warm default patched to False in the server process: the app has no switch for it).")
+        print(
+            "warm = the launcher's spare worker had finished importing torch and Lightning; cold = the server ran with the spare\n"
+            "worker turned off (Launcher's warm default patched to False in the server process: the app has no switch for it)."
+        )
     for e in errors:
         print(f"FAILED {e} (server logs kept in {tmp})")
     print(f"total {time.perf_counter() - t_all:.0f} s")

@@ -140,7 +140,11 @@ def browser_pid(server: Server) -> int:
         if entry.name.isdigit():
             try:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")[0]
-                parent_cmd = Path(f"/proc/{(entry / 'stat').read_text().rsplit(')', 1)[1].split()[1]}/cmdline").read_bytes().split(b"\0")[0]
+                parent_cmd = (
+                    Path(f"/proc/{(entry / 'stat').read_text().rsplit(')', 1)[1].split()[1]}/cmdline")
+                    .read_bytes()
+                    .split(b"\0")[0]
+                )
             except (OSError, IndexError):
                 continue
             if cmd.endswith(b"chromium") and not parent_cmd.endswith(b"chromium"):

@@ -42,10 +42,18 @@ PY = sys.executable
 TAG = "AMP_PROOF_TAG"  # in the environment of every process this script starts: leftovers are found by it
 WORK = Path(os.environ.get("AMP_PROOF_WORK", "/tmp/amp-proof"))
 CAPS = {"env": 60, "tests": 220, "monitor": 130, "compare-mlp": 170, "recordings": 150, "compare-gpt": 120}
-CPU_CAPS = {"recordings": 260}  # the rehearsal: six CPU-sized runs on a small shared CPU take longer than on the GPU machine
+CPU_CAPS = {
+    "recordings": 260
+}  # the rehearsal: six CPU-sized runs on a small shared CPU take longer than on the GPU machine
 COMPARE = {  # (precisions, hidden, depth, batch, steps): matmul-bound on a GPU, seconds on a CPU
     "gpu": ("32-true,32-true+tf32,bf16-mixed,16-mixed", 8192, 4, 8192, 50),
-    "cpu": ("32-true,bf16-mixed", 64, 1, 32, 17),  # 17: the fewest steps a comparison times (compare.min_comparison_steps)
+    "cpu": (
+        "32-true,bf16-mixed",
+        64,
+        1,
+        32,
+        17,
+    ),  # 17: the fewest steps a comparison times (compare.min_comparison_steps)
 }
 GPT_SIZE = {  # a GPT a GPU is matmul-bound on (~25M parameters, 8k tokens a step); the workload's defaults on a CPU
     "gpu": ["--layers", "8", "--heads", "8", "--width", "512", "--context", "256", "--batch-size", "32"],
@@ -76,7 +84,15 @@ def run_phase(name: str, argv: list[str], limit: float, output: Path | None = No
     log(f"{name}: {shlex.join(argv)}  (limit {limit:.0f} s)")
     started = time.monotonic()
     sink = open(output, "w") if output else None
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=sink or subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stdout=sink or subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     note = ""
     try:
         out, _ = proc.communicate(timeout=limit)
@@ -96,7 +112,13 @@ def run_phase(name: str, argv: list[str], limit: float, output: Path | None = No
         print(text, end="" if text.endswith("\n") else "\n", flush=True)
     seconds = time.monotonic() - started
     log(f"{name}: exit {proc.returncode} in {seconds:.0f} s {note}")
-    return {"rc": proc.returncode, "seconds": round(seconds, 1), "note": note, "tail": text.strip().splitlines()[-3:], "last_line": (text.strip().splitlines() or [""])[-1]}
+    return {
+        "rc": proc.returncode,
+        "seconds": round(seconds, 1),
+        "note": note,
+        "tail": text.strip().splitlines()[-3:],
+        "last_line": (text.strip().splitlines() or [""])[-1],
+    }
 
 
 def kill_leftovers(tag: str) -> list[int]:
@@ -120,7 +142,9 @@ def kill_leftovers(tag: str) -> list[int]:
 
 def hardware() -> dict:
     try:
-        out = subprocess.run([PY, "-m", "amp_core.hardware"], cwd=ROOT, capture_output=True, text=True, timeout=90)
+        out = subprocess.run(
+            [PY, "-m", "amp_core.serve.hardware"], cwd=ROOT, capture_output=True, text=True, timeout=90
+        )
         return json.loads(out.stdout)
     except (OSError, ValueError, subprocess.TimeoutExpired) as e:
         return {"error": f"{type(e).__name__}: {e}", "cuda_available": False, "devices": []}
@@ -128,19 +152,44 @@ def hardware() -> dict:
 
 def env_phase(out: Path, facts: dict) -> dict:
     started = time.monotonic()
-    lines = [f"python {sys.version.split()[0]} at {PY}", f"hardware probe (python -m amp_core.hardware): {json.dumps(facts)}"]
-    for name in ("torch", "pytorch-lightning", "lightning", "numpy", "plotly", "wandb", "pydantic", "pytest", "hypothesis", "pandas"):
+    lines = [
+        f"python {sys.version.split()[0]} at {PY}",
+        f"hardware probe (python -m amp_core.serve.hardware): {json.dumps(facts)}",
+    ]
+    for name in (
+        "torch",
+        "pytorch-lightning",
+        "lightning",
+        "numpy",
+        "plotly",
+        "wandb",
+        "pydantic",
+        "pytest",
+        "hypothesis",
+        "pandas",
+    ):
         try:
             lines.append(f"{name} {md.version(name)}")
         except md.PackageNotFoundError:
             lines.append(f"{name} not installed")
-    cuda = subprocess.run([PY, "-c", "import torch; print(torch.version.cuda, torch.backends.cudnn.version() if torch.cuda.is_available() else None)"], capture_output=True, text=True)
+    cuda = subprocess.run(
+        [
+            PY,
+            "-c",
+            "import torch; print(torch.version.cuda, torch.backends.cudnn.version() if torch.cuda.is_available() else None)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     lines.append(f"torch.version.cuda, cudnn: {cuda.stdout.strip() or cuda.stderr.strip()[-200:]}")
     api = subprocess.run([PY, "-c", API_CHECK], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines.append(api.stdout.strip() or f"API check failed: {api.stderr.strip()[-400:]}")
     wheels = Path(os.environ.get("AMP_PROOF_WHEELS_LOG", "/nonexistent"))
     lines.append("wheels: " + (wheels.read_text().strip() if wheels.is_file() else "no install log"))
-    for cmd in (["nvidia-smi"], ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm", "--format=csv"]):
+    for cmd in (
+        ["nvidia-smi"],
+        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm", "--format=csv"],
+    ):
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
             lines += [f"$ {' '.join(cmd)}", res.stdout.strip() or res.stderr.strip()]
@@ -148,7 +197,11 @@ def env_phase(out: Path, facts: dict) -> dict:
             lines.append(f"$ {' '.join(cmd)}: {type(e).__name__}")
     lines.append(f"cpu count {os.cpu_count()}; started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     (out / "env.txt").write_text("\n".join(lines) + "\n")
-    return {"rc": 0, "seconds": round(time.monotonic() - started, 1), "note": api.stdout.strip().splitlines()[0] if api.stdout.strip() else "API check failed"}
+    return {
+        "rc": 0,
+        "seconds": round(time.monotonic() - started, 1),
+        "note": api.stdout.strip().splitlines()[0] if api.stdout.strip() else "API check failed",
+    }
 
 
 # The torch APIs amp_core relies on (public and GradScaler internals), checked on the torch there (2.11 on
@@ -185,41 +238,94 @@ def test_files() -> list[str]:
 
 def compare_argv(accelerator: str, runs_dir: Path, json_out: Path, workload: str | None = None) -> list[str]:
     precisions, hidden, depth, batch, steps = COMPARE[accelerator]
-    size = ["--hidden", str(hidden), "--depth", str(depth), "--batch-size", str(batch)] if workload is None else ["--workload", workload, *GPT_SIZE[accelerator]]
-    return [PY, "-m", "amp_core.compare", "--accelerator", accelerator, "--precisions", precisions, *size,
-            "--max-steps", str(steps), "--runs-dir", str(runs_dir), "--json", str(json_out)]
+    size = (
+        ["--hidden", str(hidden), "--depth", str(depth), "--batch-size", str(batch)]
+        if workload is None
+        else ["--workload", workload, *GPT_SIZE[accelerator]]
+    )
+    return [
+        PY,
+        "-m",
+        "amp_core.compare",
+        "--accelerator",
+        accelerator,
+        "--precisions",
+        precisions,
+        *size,
+        "--max-steps",
+        str(steps),
+        "--runs-dir",
+        str(runs_dir),
+        "--json",
+        str(json_out),
+    ]
 
 
 def compare_gpt(accelerator: str, out: Path, budget: Budget, env: dict) -> dict:
     json_out = out / "compare-gpt.json"
-    result = run_phase("compare-gpt", compare_argv(accelerator, WORK / "compare-gpt-runs", json_out, "gpt"), budget.limit("compare-gpt"), env=env)
+    result = run_phase(
+        "compare-gpt",
+        compare_argv(accelerator, WORK / "compare-gpt-runs", json_out, "gpt"),
+        budget.limit("compare-gpt"),
+        env=env,
+    )
     refused = result["rc"] == 2 and any("workload" in line for line in result.get("tail", []))
     if refused or (result["rc"] is not None and not json_out.exists()):
-        json_out.write_text(json.dumps({"available": not refused, "reason": "python -m amp_core.compare refused --workload gpt" if refused else "no summary written",
-                                        "output": result.get("tail", [])}, indent=1))
+        json_out.write_text(
+            json.dumps(
+                {
+                    "available": not refused,
+                    "reason": "python -m amp_core.compare refused --workload gpt" if refused else "no summary written",
+                    "output": result.get("tail", []),
+                },
+                indent=1,
+            )
+        )
     return result
 
 
 def headline(out: Path, phases: dict) -> dict:
     """The figures the issues ask for, read back from the files the phases wrote."""
+
     def read(name: str) -> dict:
         try:
             return json.loads((out / name).read_text())
         except (OSError, ValueError):
             return {}
 
-    tests = (out / "cuda-tests.txt").read_text(errors="replace").splitlines() if (out / "cuda-tests.txt").exists() else []
+    tests = (
+        (out / "cuda-tests.txt").read_text(errors="replace").splitlines() if (out / "cuda-tests.txt").exists() else []
+    )
     summary_line = next((m.group(1) for line in reversed(tests) if (m := SUMMARY_LINE.match(line.strip()))), None)
     monitor = read("monitor.json")
     figures = {
         "cuda_tests": summary_line,
-        "syncs_per_step": {r["precision"]: r["syncs_per_step"] for r in monitor.get("sync_counts", [])} or monitor.get("skipped"),
-        "monitor_overhead": {r["precision"]: {k: round(r[k], 4) for k in ("paired", "hooks", "trials")} for r in monitor.get("overhead", [])} or monitor.get("skipped"),
+        "syncs_per_step": {r["precision"]: r["syncs_per_step"] for r in monitor.get("sync_counts", [])}
+        or monitor.get("skipped"),
+        "monitor_overhead": {
+            r["precision"]: {k: round(r[k], 4) for k in ("paired", "hooks", "trials")}
+            for r in monitor.get("overhead", [])
+        }
+        or monitor.get("skipped"),
     }
     for name in ("compare-mlp", "compare-gpt"):
         c = read(f"{name}.json")
-        keys = ("variant", "state", "median_step_ms", "speedup", "memory_reduction", "tflops", "peak_share", "loss_diff", "verdict")
-        figures[name] = {"device": c.get("device"), "rows": [{k: r.get(k) for k in keys} for r in c.get("rows", [])]} if "rows" in c else c or None
+        keys = (
+            "variant",
+            "state",
+            "median_step_ms",
+            "speedup",
+            "memory_reduction",
+            "tflops",
+            "peak_share",
+            "loss_diff",
+            "verdict",
+        )
+        figures[name] = (
+            {"device": c.get("device"), "rows": [{k: r.get(k) for k in keys} for r in c.get("rows", [])]}
+            if "rows" in c
+            else c or None
+        )
     try:  # record_demo_runs.py ends with its JSON summary: each recording's steps, backoffs and growths
         figures["recordings"] = json.loads(phases["recordings"].get("last_line") or "")
     except ValueError:
@@ -235,27 +341,56 @@ def headline(out: Path, phases: dict) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--budget", type=float, default=float(os.environ.get("PROOF_BUDGET_S", 450)), help="seconds for all phases together")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=float(os.environ.get("PROOF_BUDGET_S", 450)),
+        help="seconds for all phases together",
+    )
     args = p.parse_args()
     started = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex
-    env = {TAG: tag, "PYTHONPATH": os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x), "WANDB_MODE": "offline"}
+    env = {
+        TAG: tag,
+        "PYTHONPATH": os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x),
+        "WANDB_MODE": "offline",
+    }
     facts = hardware()
     accelerator = "gpu" if facts.get("devices") else "cpu"
     budget = Budget(args.budget, {**CAPS, **(CPU_CAPS if accelerator == "cpu" else {})})
     log(f"accelerator: {accelerator}; {facts.get('devices') or facts.get('error') or 'no CUDA device'}")
     phases = {"env": env_phase(out, facts)}
-    phases["tests"] = run_phase("tests", [PY, "-m", "pytest", "-m", "cuda", "-rA", "-p", "no:cacheprovider", *test_files()], budget.limit("tests"), out / "cuda-tests.txt", env)
+    phases["tests"] = run_phase(
+        "tests",
+        [PY, "-m", "pytest", "-m", "cuda", "-rA", "-p", "no:cacheprovider", *test_files()],
+        budget.limit("tests"),
+        out / "cuda-tests.txt",
+        env,
+    )
     phases["tests"]["leftovers_killed"] = kill_leftovers(tag)
-    phases["monitor"] = run_phase("monitor", [PY, str(ROOT / "bench" / "monitor_proof.py"), str(out / "monitor.json")], budget.limit("monitor"), env=env)
+    phases["monitor"] = run_phase(
+        "monitor",
+        [PY, str(ROOT / "bench" / "monitor_proof.py"), str(out / "monitor.json")],
+        budget.limit("monitor"),
+        env=env,
+    )
     compare_runs = WORK / "compare-mlp-runs"
     cmp_argv = compare_argv(accelerator, compare_runs, out / "compare-mlp.json")
     phases["compare-mlp"] = run_phase("compare-mlp", cmp_argv, budget.limit("compare-mlp"), env=env)
     demo = WORK / "demo_runs"
-    rec_argv = [PY, str(ROOT / "bench" / "record_demo_runs.py"), "--into", str(demo), "--group", str(compare_runs),
-                "--group-command", "python " + shlex.join(cmp_argv[1:]), *(["--rehearse", "--parallel", "2"] if accelerator == "cpu" else [])]
+    rec_argv = [
+        PY,
+        str(ROOT / "bench" / "record_demo_runs.py"),
+        "--into",
+        str(demo),
+        "--group",
+        str(compare_runs),
+        "--group-command",
+        "python " + shlex.join(cmp_argv[1:]),
+        *(["--rehearse", "--parallel", "2"] if accelerator == "cpu" else []),
+    ]
     phases["recordings"] = run_phase("recordings", rec_argv, budget.limit("recordings"), env=env)
     if demo.is_dir():
         tar_name = "demo_runs.tar.gz" if accelerator == "gpu" else "demo_runs-cpu-rehearsal.tar.gz"
@@ -264,7 +399,12 @@ def main() -> int:
         phases["recordings"]["tarball"] = f"{tar_name} ({(out / tar_name).stat().st_size / 1024:.0f} KiB)"
     phases["compare-gpt"] = compare_gpt(accelerator, out, budget, env)
     phases["leftovers_killed"] = kill_leftovers(tag)
-    summary = {"accelerator": accelerator, "device": (facts.get("devices") or [{}])[0].get("name", "cpu"), "seconds": round(time.monotonic() - started, 1), **headline(out, phases)}
+    summary = {
+        "accelerator": accelerator,
+        "device": (facts.get("devices") or [{}])[0].get("name", "cpu"),
+        "seconds": round(time.monotonic() - started, 1),
+        **headline(out, phases),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     log("summary: " + json.dumps({k: v for k, v in summary.items() if k != "phases"}, separators=(",", ":")))
     for name, phase in phases.items():

@@ -53,14 +53,17 @@ from pytorch_lightning.callbacks import Callback  # noqa: E402
 from pytorch_lightning.loggers.logger import Logger  # noqa: E402
 from pytorch_lightning.plugins import MixedPrecision  # noqa: E402
 
-from amp_core.callbacks import AmpWandbCallback, LossScaleMonitor  # noqa: E402
-from amp_core.model import DemoMLP, synthetic_loader  # noqa: E402
-from amp_core.record_logger import RunRecordLogger  # noqa: E402
-from amp_core.runs import RunWriter  # noqa: E402
+from amp_core.record import RunWriter  # noqa: E402
+from amp_core.training.callbacks import AmpWandbCallback, LossScaleMonitor  # noqa: E402
+from amp_core.training.model import DemoMLP, synthetic_loader  # noqa: E402
+from amp_core.training.record_logger import RunRecordLogger  # noqa: E402
 
 GOAL = 1.03
 PER_STEP_HOOKS = {"monitor": ("on_before_optimizer_step", "on_train_batch_end"), "wandb": ("on_train_batch_end",)}
-ONCE_HOOKS = {"monitor": ("on_train_start", "on_train_end"), "wandb": ("on_train_start", "on_train_epoch_end", "on_train_end")}
+ONCE_HOOKS = {
+    "monitor": ("on_train_start", "on_train_end"),
+    "wandb": ("on_train_start", "on_train_epoch_end", "on_train_end"),
+}
 
 
 class NoOpLogger(Logger):
@@ -156,11 +159,15 @@ class StepTimer(Callback):
 
 def precision_kwargs(precision: str, device: str) -> dict:
     if precision == "16-mixed":
-        return {"plugins": [MixedPrecision("16-mixed", device, scaler=torch.amp.GradScaler(device, init_scale=2.0**16))]}
+        return {
+            "plugins": [MixedPrecision("16-mixed", device, scaler=torch.amp.GradScaler(device, init_scale=2.0**16))]
+        }
     return {"precision": precision}
 
 
-def trial(arm: str | None, precision: str, accelerator: str, steps: int, args, tmp: Path, alternate: bool = False) -> tuple[StepTimer, Armed | None]:
+def trial(
+    arm: str | None, precision: str, accelerator: str, steps: int, args, tmp: Path, alternate: bool = False
+) -> tuple[StepTimer, Armed | None]:
     """One Trainer run: bare (arm None), armed every step, or armed every other step (alternate)."""
     cuda = accelerator == "gpu"
     loggers: list[Logger] = [NoOpLogger()]
@@ -170,7 +177,9 @@ def trial(arm: str | None, precision: str, accelerator: str, steps: int, args, t
         loggers = [RunRecordLogger(writer)]
         armed = Armed(arm, LossScaleMonitor(), alternate)
     elif arm == "wandb":
-        armed = Armed(arm, AmpWandbCallback(enabled=precision != "32-true", precision=precision, log_every_n_steps=1), alternate)
+        armed = Armed(
+            arm, AmpWandbCallback(enabled=precision != "32-true", precision=precision, log_every_n_steps=1), alternate
+        )
     timer = StepTimer(armed, cuda)
     pl.seed_everything(0, verbose=False)
     trainer = pl.Trainer(
@@ -197,7 +206,9 @@ def trial(arm: str | None, precision: str, accelerator: str, steps: int, args, t
     return timer, armed
 
 
-def bench(precision: str, accelerator: str, steps: int, warmup: int, repeats: int, args, tmp: Path, arms: tuple[str, ...]) -> dict:
+def bench(
+    precision: str, accelerator: str, steps: int, warmup: int, repeats: int, args, tmp: Path, arms: tuple[str, ...]
+) -> dict:
     trial(None, precision, accelerator, warmup + 5, args, tmp)  # process-level warm-up
     sides = ("bare", *arms)
     trials: dict[str, list[float]] = {s: [] for s in sides}
@@ -260,7 +271,12 @@ def main() -> int:
         try:
             import wandb
 
-            wandb_run = wandb.init(mode="offline", dir=tempfile.mkdtemp(prefix="amp-bench-wandb-"), project="amp-explorer-bench", name="monitor-overhead")
+            wandb_run = wandb.init(
+                mode="offline",
+                dir=tempfile.mkdtemp(prefix="amp-bench-wandb-"),
+                project="amp-explorer-bench",
+                name="monitor-overhead",
+            )
             arms = ("monitor", "wandb")
         except Exception as e:  # no W&B: bench the monitor alone
             print(f"(W&B arm left out: {type(e).__name__}: {e})", file=sys.stderr)
@@ -275,7 +291,9 @@ def main() -> int:
                     n = max(args.warmup + 15, steps // 3) if precision == "16-mixed" and accelerator == "cpu" else steps
                     for arm, r in bench(precision, accelerator, n, args.warmup, repeats, args, Path(tmp), arms).items():
                         rows.append((accelerator, precision, arm, r))
-                    print(f"  done {accelerator} {precision}: {n} steps x {repeats} repeats", file=sys.stderr, flush=True)
+                    print(
+                        f"  done {accelerator} {precision}: {n} steps x {repeats} repeats", file=sys.stderr, flush=True
+                    )
     finally:
         if wandb_run is not None:
             wandb_run.finish()
@@ -297,7 +315,9 @@ def main() -> int:
             f"{accelerator:<6} {precision:<11} {arm:<8} {r['bare_ms']:>12.3f} {r['with_ms']:>13.3f} {r['trials']:>7.3f}"
             f" | {r['paired_off_ms']:>7.3f}>{r['paired_on_ms']:<7.3f} {r['paired']:>7.3f} | {r['hooks_ms']:>8.4f} {r['hooks']:>7.3f} | {verdict}"
         )
-    print("ratio columns: trials (separate runs, interleaved), paired (arm on every other step of one run), hooks (time inside the arm)")
+    print(
+        "ratio columns: trials (separate runs, interleaved), paired (arm on every other step of one run), hooks (time inside the arm)"
+    )
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -2,7 +2,7 @@
 
     python bench/monitor_proof.py monitor.json      # bench/gpu_proof.py runs this as its monitor phase
 
-Syncs: amp_core.sync_check counts the synchronising CUDA calls inside the monitor's hooks (sync debug
+Syncs: amp_core.training.sync_check counts the synchronising CUDA calls inside the monitor's hooks (sync debug
 mode "warn", every warning counted) over a run as amp_core.train makes it (run-record logger,
 histograms every 25 steps, a flush every 20). Overhead: bench/monitor_overhead.py's three estimates
 (trials, paired, hooks) at amp_core.train's default size, where a step is shortest and the monitor's
@@ -31,33 +31,54 @@ def main(path: Path) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        path.write_text(json.dumps({"skipped": "no CUDA GPU here: the monitor's sync count and GPU overhead need one"}, indent=1))
+        path.write_text(
+            json.dumps({"skipped": "no CUDA GPU here: the monitor's sync count and GPU overhead need one"}, indent=1)
+        )
         print("monitor: skipped (no CUDA)")
         return 0
     import monitor_overhead as mo
     import pytorch_lightning as pl
 
-    from amp_core.sync_check import count_monitor_syncs
+    from amp_core.training.sync_check import count_monitor_syncs
 
     result: dict = {
-        "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda, "lightning": pl.__version__,
-        "size": {"hidden": 256, "depth": 3, "batch_size": 64}, "goal": GOAL, "sync_counts": [], "overhead": [],
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "lightning": pl.__version__,
+        "size": {"hidden": 256, "depth": 3, "batch_size": 64},
+        "goal": GOAL,
+        "sync_counts": [],
+        "overhead": [],
         "method": "syncs: sync debug mode 'warn' inside the monitor's hooks, warnings counted; overhead: bench/monitor_overhead.py "
-                  f"(trials, paired, hooks), {STEPS} steps x {REPEATS} repeats, warm-up {WARMUP}, torch.cuda.synchronize() at each step boundary",
+        f"(trials, paired, hooks), {STEPS} steps x {REPEATS} repeats, warm-up {WARMUP}, torch.cuda.synchronize() at each step boundary",
     }
     write = lambda: path.write_text(json.dumps(result, indent=1))  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="amp-monitor-proof-") as tmp:
         for precision in PRECISIONS:
             counts = count_monitor_syncs(precision, SYNC_STEPS, Path(tmp) / "sync", histogram_every=25)
             result["sync_counts"].append(counts)
-            print(f"monitor syncs {precision}: {counts['syncs_in_per_step_hooks']} in {counts['steps']} steps (hooks: {counts['hook_syncs']})", flush=True)
+            print(
+                f"monitor syncs {precision}: {counts['syncs_in_per_step_hooks']} in {counts['steps']} steps (hooks: {counts['hook_syncs']})",
+                flush=True,
+            )
             write()
         args = Namespace(**result["size"])
         for precision in PRECISIONS:
             t0 = time.perf_counter()
             r = mo.bench(precision, "gpu", STEPS, WARMUP, REPEATS, args, Path(tmp) / "bench", ("monitor",))["monitor"]
-            result["overhead"].append({"precision": precision, **r, "within_goal": r["paired"] <= GOAL and r["hooks"] <= GOAL, "seconds": round(time.perf_counter() - t0, 1)})
-            print(f"monitor overhead {precision}: paired {r['paired']:.4f}x, hooks {r['hooks']:.4f}x, trials {r['trials']:.4f}x (bare {r['bare_ms']:.3f} ms/step)", flush=True)
+            result["overhead"].append(
+                {
+                    "precision": precision,
+                    **r,
+                    "within_goal": r["paired"] <= GOAL and r["hooks"] <= GOAL,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
+            print(
+                f"monitor overhead {precision}: paired {r['paired']:.4f}x, hooks {r['hooks']:.4f}x, trials {r['trials']:.4f}x (bare {r['bare_ms']:.3f} ms/step)",
+                flush=True,
+            )
             write()
     return 0
 

@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from amp_core.gradients import shares  # noqa: E402
-from amp_core.runs import load_histograms, load_run  # noqa: E402
+from amp_core.analysis.gradients import shares  # noqa: E402
+from amp_core.record import load_histograms, load_run  # noqa: E402
 
 PAGE_SCALER = {"init_scale": 2.0**24, "growth_interval": 50}
 ARMS = [("32-true", {}), ("bf16-mixed", {}), ("16-mixed", {}), ("16-mixed", PAGE_SCALER)]
@@ -30,7 +30,15 @@ ARMS = [("32-true", {}), ("bf16-mixed", {}), ("16-mixed", {}), ("16-mixed", PAGE
 
 def scale_story(scale: np.ndarray, skipped: np.ndarray) -> dict:
     grew = int((np.diff(scale) > 0).sum())
-    return {"init": float(scale[0]), "final": float(scale[-1]), "min": float(scale.min()), "max": float(scale.max()), "skipped": int(skipped.sum()), "growths": grew, "first_skip": int(np.argmax(skipped)) if skipped.any() else None}
+    return {
+        "init": float(scale[0]),
+        "final": float(scale[-1]),
+        "min": float(scale.min()),
+        "max": float(scale.max()),
+        "skipped": int(skipped.sum()),
+        "growths": grew,
+        "first_skip": int(np.argmax(skipped)) if skipped.any() else None,
+    }
 
 
 def gradient_shares(path: Path, steps: np.ndarray, scale: np.ndarray) -> dict:
@@ -46,20 +54,33 @@ def gradient_shares(path: Path, steps: np.ndarray, scale: np.ndarray) -> dict:
 def measure(workload: str, steps: int, runs_dir: str) -> list[dict]:
     import torch
 
-    from amp_core.train import RunConfig, run
+    from amp_core.training.cli import RunConfig, run
 
     torch.set_num_threads(1)
     out = []
     for precision, scaler in ARMS:
-        config = RunConfig(workload=workload, precision=precision, max_steps=steps, accelerator="cpu", wandb="disabled", time_steps=True, runs_dir=runs_dir, **scaler)
+        config = RunConfig(
+            workload=workload,
+            precision=precision,
+            max_steps=steps,
+            accelerator="cpu",
+            wandb="disabled",
+            time_steps=True,
+            runs_dir=runs_dir,
+            **scaler,
+        )
         if workload == "gpt":
             config.batch_size = 16  # the workload's own default, as the CLI and the pages set it
         r = load_run(run(config).path)
         m = r.metrics
         row = {
-            "workload": workload, "precision": precision, "scaler": "page" if scaler else ("torch" if precision == "16-mixed" else None),
-            "steps_per_s": r.status.get("steps_per_s"), "median_step_ms": r.status.get("median_step_ms"),
-            "loss_first": float(m.loss[0]), "loss_last10": float(np.nanmean(m.loss[-10:])),
+            "workload": workload,
+            "precision": precision,
+            "scaler": "page" if scaler else ("torch" if precision == "16-mixed" else None),
+            "steps_per_s": r.status.get("steps_per_s"),
+            "median_step_ms": r.status.get("median_step_ms"),
+            "loss_first": float(m.loss[0]),
+            "loss_last10": float(np.nanmean(m.loss[-10:])),
             "grads": gradient_shares(r.path, m.step, m.loss_scale),
         }
         if precision == "16-mixed":

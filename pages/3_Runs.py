@@ -1,21 +1,38 @@
 """Runs: every recorded run; replay, overlay and export; runs still going are shown live."""
 
-import ui_common  # first: it does the heavy imports once (see there)
 import pandas as pd
 import streamlit as st
 
+import ui_common  # first: it does the heavy imports once (see there)
 from amp_core import charts
-from amp_core.advice import advise, scaler_expectation
-from amp_core.gradients import scale_at, shares
-from amp_core.preflight import failure_hint
-from amp_core.runs import ACTIVE_STATES, list_runs, load_histograms, load_rank_scales, metrics_csv, metrics_json, ranks_agree, summarize
-from amp_core.skip_ledger import skip_hover, skipped_rows
-from amp_core.scaler_policies import HysteresisPolicy, TorchGradScalerPolicy, overflow_model_for, replay, replay_own_policy
+from amp_core.analysis.advice import advise, scaler_expectation
+from amp_core.analysis.gradients import scale_at, shares
+from amp_core.analysis.scaler_policies import (
+    HysteresisPolicy,
+    TorchGradScalerPolicy,
+    overflow_model_for,
+    replay,
+    replay_own_policy,
+)
+from amp_core.record import (
+    ACTIVE_STATES,
+    list_runs,
+    load_histograms,
+    load_rank_scales,
+    metrics_csv,
+    metrics_json,
+    ranks_agree,
+    summarize,
+)
+from amp_core.record.skips import skip_hover, skipped_rows
+from amp_core.training.preflight import failure_hint
 
 st.set_page_config(page_title="Runs · AMP Explorer", page_icon="🗂️", layout="wide")
 st.title("Runs")
-st.caption(f"Run records in `{ui_common.runs_dir()}` (set `AMP_RUNS_DIR` to change it), newest first, "
-           "and the recordings shipped in `demo_runs/` (🎞: real runs made elsewhere, read-only).")
+st.caption(
+    f"Run records in `{ui_common.runs_dir()}` (set `AMP_RUNS_DIR` to change it), newest first, "
+    "and the recordings shipped in `demo_runs/` (🎞: real runs made elsewhere, read-only)."
+)
 
 runs = list_runs(ui_common.runs_dir(), include_recordings=True)
 if not runs:
@@ -25,7 +42,22 @@ if not runs:
 by_id = {r.id: r for r in runs}
 rows = pd.DataFrame([summarize(r) for r in runs])
 st.dataframe(
-    rows.assign(recording=rows["recording"].map({True: "🎞", False: ""}))[["recording", "id", "state", "precision", "accelerator", "steps", "max_steps", "skipped", "final_loss_scale", "final_loss", "created_at", "problems"]],
+    rows.assign(recording=rows["recording"].map({True: "🎞", False: ""}))[
+        [
+            "recording",
+            "id",
+            "state",
+            "precision",
+            "accelerator",
+            "steps",
+            "max_steps",
+            "skipped",
+            "final_loss_scale",
+            "final_loss",
+            "created_at",
+            "problems",
+        ]
+    ],
     hide_index=True,
     width="stretch",
     column_config={
@@ -75,7 +107,10 @@ series = [(charts.short_label(i), by_id[i].metrics) for i in [selected, *overlay
 
 if run.recording:
     made_by = run.provenance.get("command")
-    st.info(f"🎞 **Recording** (read-only): {summarize(run)['provenance']}" + (f" · made with `{made_by}`" if made_by else ""))
+    st.info(
+        f"🎞 **Recording** (read-only): {summarize(run)['provenance']}"
+        + (f" · made with `{made_by}`" if made_by else "")
+    )
 for problem in run.problems:
     st.warning(f"This record is damaged: {problem}. What could be read is shown.")
 ranks = load_rank_scales(run.path)
@@ -87,8 +122,10 @@ if run.state in ACTIVE_STATES and not overlay:
     paused = st.toggle("Pause live updates", help="Stops redrawing so you can zoom and hover; the run goes on.")
     ui_common.live_run(selected, key="runs", paused=paused)
 else:
-    st.markdown(f"**{ui_common.STATE_BADGES.get(run.state, run.state)}** · {len(run.metrics)} steps · "
-                f"{run.skipped_steps} skipped · {run.config.get('amp_path', '')}")
+    st.markdown(
+        f"**{ui_common.STATE_BADGES.get(run.state, run.state)}** · {len(run.metrics)} steps · "
+        f"{run.skipped_steps} skipped · {run.config.get('amp_path', '')}"
+    )
     if run.status.get("error"):
         error = run.status["error"]  # records written before the hint existed get it here
         st.error(error if "likely reason" in error else error + failure_hint(run.precision, error))
@@ -97,19 +134,37 @@ else:
     ui_common.run_charts(series, key="replay", injected=injected, skip_notes=skip_hover(run))
 
 m = run.metrics
-tab_grad, tab_skips, tab_whatif, tab_advice = st.tabs(["Gradients vs fp16", "Skipped steps", "Scaler what-if", "Advice"])
+tab_grad, tab_skips, tab_whatif, tab_advice = st.tabs(
+    ["Gradients vs fp16", "Skipped steps", "Scaler what-if", "Advice"]
+)
 with tab_skips:
     skips = skipped_rows(run)
     if not skips:
-        st.caption("No skipped steps in this run" + ("" if run.config.get("precision") in ("16-mixed", "16") else ": only fp16 runs have a GradScaler that skips") + ".")
+        st.caption(
+            "No skipped steps in this run"
+            + (
+                ""
+                if run.config.get("precision") in ("16-mixed", "16")
+                else ": only fp16 runs have a GradScaler that skips"
+            )
+            + "."
+        )
     else:
-        st.dataframe(pd.DataFrame(skips), hide_index=True, column_config={
-            "scale_before": st.column_config.NumberColumn("scale before", format="%.6g"),
-            "scale_after": st.column_config.NumberColumn("scale after", format="%.6g"),
-            "nonfinite": "inf or NaN", "param": "first parameter holding one", "scheduler_stepped": "LR scheduler stepped",
-        })
-        st.caption("The parameter is the first, in backward order, whose gradient held inf or NaN: where the overflow began. "
-                   "Recorded on the device with the monitor's other values; runs recorded before the ledger show only the step.")
+        st.dataframe(
+            pd.DataFrame(skips),
+            hide_index=True,
+            column_config={
+                "scale_before": st.column_config.NumberColumn("scale before", format="%.6g"),
+                "scale_after": st.column_config.NumberColumn("scale after", format="%.6g"),
+                "nonfinite": "inf or NaN",
+                "param": "first parameter holding one",
+                "scheduler_stepped": "LR scheduler stepped",
+            },
+        )
+        st.caption(
+            "The parameter is the first, in backward order, whose gradient held inf or NaN: where the overflow began. "
+            "Recorded on the device with the monitor's other values; runs recorded before the ledger show only the step."
+        )
 with tab_grad:
     hists = load_histograms(run.path)
     if not hists:
@@ -121,8 +176,11 @@ with tab_grad:
         sh = shares(h, scale)
         finite = int(sum(h["counts"])) - int(h.get("zeros", 0))  # nonzero finite values (zeros are counted in bin 0)
     if hists and finite <= 0:
-        st.info(f"Nothing finite to show at step {at}: all {sh['values']:,} gradient values were NaN, inf or zero"
-                + (" (the run had diverged by then)" if h.get("nonfinite") else "") + ". Pick an earlier step, if there is one.")
+        st.info(
+            f"Nothing finite to show at step {at}: all {sh['values']:,} gradient values were NaN, inf or zero"
+            + (" (the run had diverged by then)" if h.get("nonfinite") else "")
+            + ". Pick an earlier step, if there is one."
+        )
     elif hists:
         c1, c2, c3 = st.columns(3)
         c1.metric("Would underflow fp16 unscaled", f"{sh['underflow_unscaled']:.2%}")
@@ -165,25 +223,48 @@ with tab_whatif:
             ("hysteresis", HysteresisPolicy(2.0**h_init, 2.0, int(h_window), int(h_hyst), h_min)),
         ]
         replays = [(label, r.scales, r.skipped) for label, r in ((lbl, replay(pol, model)) for lbl, pol in policies)]
-        st.plotly_chart(charts.whatif_figure(m.step, m.loss_scale, [("own settings, replayed", own.scales, own.skipped), *replays]), key="whatif")
+        st.plotly_chart(
+            charts.whatif_figure(m.step, m.loss_scale, [("own settings, replayed", own.scales, own.skipped), *replays]),
+            key="whatif",
+        )
         st.dataframe(
             pd.DataFrame(
-                [{"policy": "recorded", "skipped steps": run.skipped_steps, "final scale": float(m.loss_scale[-1]), "lowest scale": float(m.loss_scale.min())}]
-                + [{"policy": f"{lbl} (estimate)", "skipped steps": int(sk.sum()), "final scale": float(sc[-1]), "lowest scale": float(sc.min())}
-                   for lbl, sc, sk in replays]
+                [
+                    {
+                        "policy": "recorded",
+                        "skipped steps": run.skipped_steps,
+                        "final scale": float(m.loss_scale[-1]),
+                        "lowest scale": float(m.loss_scale.min()),
+                    }
+                ]
+                + [
+                    {
+                        "policy": f"{lbl} (estimate)",
+                        "skipped steps": int(sk.sum()),
+                        "final scale": float(sc[-1]),
+                        "lowest scale": float(sc.min()),
+                    }
+                    for lbl, sc, sk in replays
+                ]
             ),
             hide_index=True,
         )
 with tab_advice:
     for a in advise(run):
-        {"ok": st.success, "info": st.info, "warning": st.warning}[a.level](f"**{a.finding}.** {a.evidence}. {a.suggestion}")
+        {"ok": st.success, "info": st.info, "warning": st.warning}[a.level](
+            f"**{a.finding}.** {a.evidence}. {a.suggestion}"
+        )
 
 with st.expander("Configuration and status"):
     st.json({"config": run.config, "status": {k: v for k, v in run.status.items() if k != "traceback"}}, expanded=False)
 
 c1, c2, c3 = st.columns(3)
-c1.download_button("Metrics CSV", lambda: metrics_csv(run), file_name=f"{selected}.csv", mime="text/csv", on_click="ignore")
-c2.download_button("Record JSON", lambda: metrics_json(run), file_name=f"{selected}.json", mime="application/json", on_click="ignore")
+c1.download_button(
+    "Metrics CSV", lambda: metrics_csv(run), file_name=f"{selected}.csv", mime="text/csv", on_click="ignore"
+)
+c2.download_button(
+    "Record JSON", lambda: metrics_json(run), file_name=f"{selected}.json", mime="application/json", on_click="ignore"
+)
 c3.download_button(
     "Loss-scale chart HTML",
     lambda: charts.figure_html(charts.loss_scale_figure(series, injected=injected)),

@@ -1,13 +1,13 @@
 """Formats: what fp32, tf32, fp16, bf16 and fp8 can hold, measured with torch, and where a gradient lands."""
 
-import ui_common  # first: it does the heavy imports once (see there)
 import math
 import sys
 
 import pandas as pd
 import streamlit as st
 
-from amp_core.formats import VERDICTS, formats, number_line_figure, round_to_formats
+import ui_common  # first: it does the heavy imports once (see there)
+from amp_core.analysis.formats import VERDICTS, formats, number_line_figure, round_to_formats
 
 st.set_page_config(page_title="Formats · AMP Explorer", page_icon="🔢", layout="wide")
 st.title("Number formats")
@@ -41,28 +41,49 @@ for name, (kind, lo, hi) in LINK.items():
         st.warning(f"Ignored the link's `{name}`: it is not a number this page accepts.")
         del st.query_params[name]
 
-properties = pd.DataFrame([
-    {
-        "format": f.name, "torch dtype": f.dtype_name, "bits": f.bits, "exponent bits": f.exponent_bits,
-        "mantissa bits": f.mantissa_bits, "largest": f"{f.max:.6g}", "smallest normal": f"{f.smallest_normal:.6g}",
-        "smallest subnormal": f"{f.smallest_subnormal:.6g}", "machine eps": f"{f.eps:.6g}", "log2 range": (
-            f"{math.log2(f.smallest_subnormal):.0f} … {math.log2(f.smallest_normal):.0f} … {math.floor(100 * math.log2(f.max)) / 100}"),
-        "above largest": {"saturates": f"±{f.max:g}"}.get(f.overflow, f.overflow), "what for": f.note,
-    }
-    for f in FMTS
-])
+properties = pd.DataFrame(
+    [
+        {
+            "format": f.name,
+            "torch dtype": f.dtype_name,
+            "bits": f.bits,
+            "exponent bits": f.exponent_bits,
+            "mantissa bits": f.mantissa_bits,
+            "largest": f"{f.max:.6g}",
+            "smallest normal": f"{f.smallest_normal:.6g}",
+            "smallest subnormal": f"{f.smallest_subnormal:.6g}",
+            "machine eps": f"{f.eps:.6g}",
+            "log2 range": (
+                f"{math.log2(f.smallest_subnormal):.0f} … {math.log2(f.smallest_normal):.0f} … {math.floor(100 * math.log2(f.max)) / 100}"
+            ),
+            "above largest": {"saturates": f"±{f.max:g}"}.get(f.overflow, f.overflow),
+            "what for": f.note,
+        }
+        for f in FMTS
+    ]
+)
 st.table(properties, hide_index=True)  # static: its cells wrap, so the notes read whole (a dataframe cuts them off)
 
 st.subheader("Round a value")
-value = st.number_input("Value", value=0.1, format="%.9g", key="value", bind="query-params",
-                        help="Cast by torch from float64 to each format (through float32, as torch does).")
+value = st.number_input(
+    "Value",
+    value=0.1,
+    format="%.9g",
+    key="value",
+    bind="query-params",
+    help="Cast by torch from float64 to each format (through float32, as torch does).",
+)
 rows = pd.DataFrame(round_to_formats(value))
 st.dataframe(
-    rows.style.map(lambda v: VERDICT_STYLE.get(v, ""), subset=["verdict"]).format({"result": repr, "relative_error": "{:.3g}"}),
+    rows.style.map(lambda v: VERDICT_STYLE.get(v, ""), subset=["verdict"]).format(
+        {"result": repr, "relative_error": "{:.3g}"}
+    ),
     hide_index=True,
     width="stretch",
-    column_config=ui_common.fitted_columns(rows.assign(result=rows["result"].map(repr)),
-                                           {"relative_error": "relative error", "bits": "bits (sign exponent mantissa)"}),
+    column_config=ui_common.fitted_columns(
+        rows.assign(result=rows["result"].map(repr)),
+        {"relative_error": "relative error", "bits": "bits (sign exponent mantissa)"},
+    ),
 )
 st.caption(" · ".join(f"**{v}**: {meaning}" for v, meaning in VERDICTS.items()))
 
@@ -85,8 +106,15 @@ def scale_to_url() -> None:
         st.query_params["scale_log2"] = str(st.session_state["scale_log2"])
 
 
-scale_log2 = c2.number_input("Loss scale, log2", min_value=-24, max_value=126, step=1, key="scale_log2", on_change=scale_to_url,
-                             help="torch's GradScaler starts at 2^16.")
+scale_log2 = c2.number_input(
+    "Loss scale, log2",
+    min_value=-24,
+    max_value=126,
+    step=1,
+    key="scale_log2",
+    on_change=scale_to_url,
+    help="torch's GradScaler starts at 2^16.",
+)
 st.plotly_chart(number_line_figure(gradient, 2.0**scale_log2), key="number-line")
 
 by_name = {f.name: f for f in FMTS}

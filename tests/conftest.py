@@ -12,6 +12,8 @@ import pytest  # noqa: E402
 def runs_dir(tmp_path, monkeypatch):
     d = tmp_path / "runs"
     monkeypatch.setenv("AMP_RUNS_DIR", str(d))
-    monkeypatch.setenv("AMP_RECORDINGS_DIR", str(tmp_path / "demo_runs"))  # pages list no shipped recordings unless a test makes some
+    monkeypatch.setenv(
+        "AMP_RECORDINGS_DIR", str(tmp_path / "demo_runs")
+    )  # pages list no shipped recordings unless a test makes some
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     return d

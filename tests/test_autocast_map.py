@@ -13,11 +13,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from amp_core import autocast_map
-from amp_core.autocast_map import module_table, plugin_for, probe_map, summarize, take
-from amp_core.backward_underflow import MagnitudeCounter, binade_series, shares, underflow_rows
-from amp_core.model import DemoMLP, synthetic_loader
-from amp_core.op_recorder import record_step
+from amp_core.inside import autocast_map
+from amp_core.inside.autocast_map import module_table, plugin_for, probe_map, summarize, take
+from amp_core.inside.backward_underflow import MagnitudeCounter, binade_series, shares, underflow_rows
+from amp_core.inside.op_recorder import record_step
+from amp_core.training.model import DemoMLP, synthetic_loader
 
 AUTOCAST = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 SMALL = dict(hidden=32, depth=2, batch_size=16)
@@ -48,7 +48,9 @@ class LinearNorm(pl.LightningModule):
 
 
 def forward_ops(ops, module):
-    return [o for o in ops if o["phase"] == "forward" and o["module"] == module and not o["view"] and o["op"] != "_to_copy"]
+    return [
+        o for o in ops if o["phase"] == "forward" and o["module"] == module and not o["view"] and o["op"] != "_to_copy"
+    ]
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
@@ -67,7 +69,10 @@ def test_linear_and_layer_norm_run_in_the_dtypes_autocast_gives_them(precision):
     assert norm_ops[0]["out_dtype"] == str(norm_dtype).removeprefix("torch.")
     assert matmul["flops"] == 2 * 4 * 8 * 16
     if norm_dtype == torch.float32:  # autocast kept it in fp32: the summary lists it
-        assert "native_layer_norm" in summarize({"ops": step["ops"], "device": "cpu", "precision": precision})["fp32_forward_ops"]
+        assert (
+            "native_layer_norm"
+            in summarize({"ops": step["ops"], "device": "cpu", "precision": precision})["fp32_forward_ops"]
+        )
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
@@ -92,9 +97,11 @@ def test_mlp_map_under_each_precision(precision):
     # FLOPs of the Linear layers, forward and backward, as the model counts them, less the gradient of
     # the input batch (it needs none, and autograd does not compute it).
     model = DemoMLP(hidden=SMALL["hidden"], depth=SMALL["depth"])
-    assert s["flops"] == model.matmul_flops_per_step(SMALL["batch_size"]) - 2 * SMALL["batch_size"] * 64 * SMALL["hidden"]
+    assert (
+        s["flops"] == model.matmul_flops_per_step(SMALL["batch_size"]) - 2 * SMALL["batch_size"] * 64 * SMALL["hidden"]
+    )
     assert s["share_flops_16bit"] == (1.0 if linear_dtype == name else 0.0)
-    linears = sum(isinstance(l, nn.Linear) for l in model.net)
+    linears = sum(isinstance(layer, nn.Linear) for layer in model.net)
     assert s["casts"]["forward"][f"float32 → {name}"] >= linears  # every Linear's weight is cast
     assert s["ops"]["forward"] > 0 and s["ops"]["backward"] > 0 and s["ops"]["optimizer"] > 0
     assert (m["loss_scale"] is not None) == (precision == "16-mixed")
@@ -158,18 +165,27 @@ def test_underflow_on_a_real_step_at_scale_one_and_at_the_run_scale():
     one, run = (m["underflow"][k]["by_dtype"]["float16"] for k in ("scale_1", "run_scale"))
     assert m["underflow"]["run_scale"]["scale"] == 2.0**16 and m["underflow"]["scale_1"]["scale"] == 1.0
     # every value of every 16-bit backward output (not views) is counted once, at both scales
-    expected = sum(o["numel"] for o in m["ops"] if o["phase"] == "backward" and o["out_dtype"] == "float16" and not o["view"])
+    expected = sum(
+        o["numel"] for o in m["ops"] if o["phase"] == "backward" and o["out_dtype"] == "float16" and not o["view"]
+    )
     for entry in (one, run):
         assert entry["values"] == expected
         assert sum(entry["counts"]) + entry["zeros"] + entry["nonfinite"] == entry["values"]
     assert shares(one)["zero"] >= shares(run)["zero"]
-    assert shares(one)["subnormal"] > shares(run)["subnormal"]  # the loss scale lifts small gradients out of the subnormals
+    assert (
+        shares(one)["subnormal"] > shares(run)["subnormal"]
+    )  # the loss scale lifts small gradients out of the subnormals
     labels = [r["measured"] for r in underflow_rows(m["underflow"])]
     assert labels == ["at loss scale 1 (no scaling)", "at the run's loss scale"]
 
 
 def test_cli_prints_the_summary_and_rejects_bad_input(capsys):
-    assert autocast_map.main(["--workload", "mlp", "--precision", "bf16-mixed", "--hidden", "16", "--depth", "1", "--batch-size", "8"]) == 0
+    assert (
+        autocast_map.main(
+            ["--workload", "mlp", "--precision", "bf16-mixed", "--hidden", "16", "--depth", "1", "--batch-size", "8"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "mlp under bf16-mixed on cpu" in out and "net.0" in out
     assert autocast_map.main(["--workload", "nope"]) == 2
@@ -232,7 +248,12 @@ def test_gpt_map_under_each_precision(precision):
 
 def test_user_model_map_and_its_errors():
     """Your own LightningModule (a test file, not a built-in) is mapped; a bad import path is one MapError line."""
-    m = take("user", "bf16-mixed", model="tests.user_models.tiny_net:TinyRegressor", data="tests.user_models.tiny_net:PointsData")
+    m = take(
+        "user",
+        "bf16-mixed",
+        model="tests.user_models.tiny_net:TinyRegressor",
+        data="tests.user_models.tiny_net:PointsData",
+    )
     assert m["workload"] == "user" and m["settings"]["model"].endswith("TinyRegressor")
     assert summarize(m)["ops"]["backward"] > 0
     with pytest.raises(autocast_map.MapError, match="no attribute 'Nope'"):
@@ -244,6 +265,8 @@ def test_a_model_too_large_to_map_is_refused_in_one_line():
     problem = autocast_map.size_problem("mlp", {"hidden": 65536, "depth": 64})
     assert problem and "choose a smaller model" in problem
     assert autocast_map.size_problem("mlp", {}) is None and autocast_map.size_problem("gpt", {}) is None
-    assert autocast_map.size_problem("user", {"model": "x:y"}) is None  # your own model: its size is not known before import
+    assert (
+        autocast_map.size_problem("user", {"model": "x:y"}) is None
+    )  # your own model: its size is not known before import
     with pytest.raises(autocast_map.MapError, match="choose a smaller model"):
         take("gpt", "16-mixed", width=8192, layers=48)

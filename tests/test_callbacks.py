@@ -24,8 +24,8 @@ from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.plugins import MixedPrecision
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from amp_core.callbacks import FP16_PRECISIONS, AmpWandbCallback, LossScaleMonitor, get_loss_scale, get_scaler
-from amp_core.model import DemoMLP, synthetic_loader
+from amp_core.training.callbacks import FP16_PRECISIONS, AmpWandbCallback, LossScaleMonitor, get_loss_scale, get_scaler
+from amp_core.training.model import DemoMLP, synthetic_loader
 from tests.support.cuda import sync_checked
 
 HUGE_SCALE = 2.0**40  # the first ~20 fp16 steps overflow at this scale
@@ -83,7 +83,9 @@ class IndependentGradNorm(Callback):
         )
 
 
-def precision_kwargs(precision: str, device: str = "cpu", init_scale: float = HUGE_SCALE, growth_interval: int = GROWTH_INTERVAL) -> dict:
+def precision_kwargs(
+    precision: str, device: str = "cpu", init_scale: float = HUGE_SCALE, growth_interval: int = GROWTH_INTERVAL
+) -> dict:
     if precision == "16-mixed":
         scaler = torch.amp.GradScaler(device, init_scale=init_scale, growth_interval=growth_interval)
         return {"plugins": [MixedPrecision("16-mixed", device, scaler=scaler)]}
@@ -160,7 +162,9 @@ def check_scaler_rules(scale, skipped, tracker, init_scale, growth_interval, gro
                 expected_next = scale[i]
             assert tracker[i] == run, f"step {i}: growth tracker {tracker[i]}, expected {run}"
         if i + 1 < n:
-            assert scale[i + 1] == expected_next, f"step {i + 1}: scale {scale[i + 1]}, expected {expected_next} (step {i} skipped={skipped[i]})"
+            assert scale[i + 1] == expected_next, (
+                f"step {i + 1}: scale {scale[i + 1]}, expected {expected_next} (step {i} skipped={skipped[i]})"
+            )
 
 
 # ---------------------------------------------------------------- the seed contract: AmpWandbCallback
@@ -232,7 +236,15 @@ def test_epoch_end_payload(wandb_stub, enabled, precision, has_scale):
         assert "amp/loss_scale" not in payload
 
 
-@pytest.mark.parametrize("trainer", [bare_trainer(None), bare_trainer(plugin=False), SimpleNamespace(current_epoch=0), bare_trainer(FakeScaler(error=RuntimeError("boom")))])
+@pytest.mark.parametrize(
+    "trainer",
+    [
+        bare_trainer(None),
+        bare_trainer(plugin=False),
+        SimpleNamespace(current_epoch=0),
+        bare_trainer(FakeScaler(error=RuntimeError("boom"))),
+    ],
+)
 def test_no_loss_scale_when_there_is_none_to_read(wandb_stub, trainer):
     AmpWandbCallback(True, "16-mixed").on_train_epoch_end(trainer, None)
     payload = wandb_stub.calls[0][0]
@@ -283,7 +295,9 @@ def test_wandb_steps_are_monotonic_in_a_real_run(wandb_stub):
     trainer, _, _ = fit("16-mixed", steps=steps, callbacks=[cb], batches=batches)
     calls = wandb_stub.calls
     assert calls
-    assert all(args == () and "step" not in kwargs for _, args, kwargs in calls), "an explicit step= was passed to wandb.log"
+    assert all(args == () and "step" not in kwargs for _, args, kwargs in calls), (
+        "an explicit step= was passed to wandb.log"
+    )
     per_step = [p for p, _, _ in calls if "amp/precision" not in p]
     epoch_end = [p for p, _, _ in calls if "amp/precision" in p]
     epochs = math.ceil(steps / batches)  # Lightning ends the last, partial epoch too when max_steps is reached
@@ -454,7 +468,9 @@ def test_flush_every_batches_but_loses_nothing():
     records = logger.monitor_records()
     assert [s for s, _ in records] == list(range(23))  # the last partial block is flushed at train end
     c = columns(records)
-    check_scaler_rules(c["amp/loss_scale"], c["amp/skipped"].astype(bool), c["amp/growth_tracker"], HUGE_SCALE, GROWTH_INTERVAL)
+    check_scaler_rules(
+        c["amp/loss_scale"], c["amp/skipped"].astype(bool), c["amp/growth_tracker"], HUGE_SCALE, GROWTH_INTERVAL
+    )
 
 
 def test_gradient_accumulation_one_record_per_optimizer_step():
@@ -513,7 +529,16 @@ def test_cuda_autocast_is_float16_with_a_grad_scaler():
             return super().training_step(batch, batch_idx)
 
     pl.seed_everything(0, verbose=False)
-    trainer = pl.Trainer(accelerator="gpu", devices=1, precision="16-mixed", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision="16-mixed",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Probe(hidden=32), synthetic_loader(16, 2))
     assert seen == {"autocast": True, "dtype": torch.float16, "out": torch.float16}
     assert isinstance(trainer.strategy.precision_plugin.scaler, torch.amp.GradScaler)
@@ -527,7 +552,9 @@ def test_cuda_grad_scaler_workflow():
     assert [s for s, _ in records] == list(range(STEPS))
     c = columns(records)
     assert c["amp/skipped"][0] == 1.0
-    check_scaler_rules(c["amp/loss_scale"], c["amp/skipped"].astype(bool), c["amp/growth_tracker"], HUGE_SCALE, GROWTH_INTERVAL)
+    check_scaler_rules(
+        c["amp/loss_scale"], c["amp/skipped"].astype(bool), c["amp/growth_tracker"], HUGE_SCALE, GROWTH_INTERVAL
+    )
 
 
 @pytest.mark.cuda

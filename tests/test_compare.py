@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from amp_core import compare, compare_figures, compare_summary, memory
-from amp_core.runs import RunWriter, list_runs, load_run
-from amp_core.train import ConfigError, RunConfig, config_from_args, run, step_timing
+from amp_core.analysis import compare, compare_figures, compare_summary
+from amp_core.record import RunWriter, list_runs, load_run
+from amp_core.training import memory
+from amp_core.training.cli import ConfigError, RunConfig, config_from_args, run, step_timing
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "amp_core.compare: error:"
@@ -34,9 +35,30 @@ def compared(tmp_path_factory):
     base = tmp_path_factory.mktemp("compare")
     runs_dir, summary_file = base / "runs", base / "summary.json"
     env = {**os.environ, "WANDB_MODE": "offline", "AMP_RUNS_DIR": str(base / "elsewhere"), "PYTHONPATH": str(REPO)}
-    args = ["--precisions", ",".join(VARIANTS), "--max-steps", str(STEPS), "--hidden", "64", "--depth", "2", "--batch-size", "32",
-            "--runs-dir", str(runs_dir), "--json", str(summary_file)]
-    proc = subprocess.run([sys.executable, "-m", "amp_core.compare", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    args = [
+        "--precisions",
+        ",".join(VARIANTS),
+        "--max-steps",
+        str(STEPS),
+        "--hidden",
+        "64",
+        "--depth",
+        "2",
+        "--batch-size",
+        "32",
+        "--runs-dir",
+        str(runs_dir),
+        "--json",
+        str(summary_file),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "amp_core.compare", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, runs_dir, json.loads(summary_file.read_text())
 
@@ -44,8 +66,11 @@ def compared(tmp_path_factory):
 def records(runs_dir: Path, run_id: str) -> tuple[dict, dict, list[dict]]:
     """A run's config, status and metrics lines, read straight from its files."""
     d = runs_dir / run_id
-    return (json.loads((d / "config.json").read_text()), json.loads((d / "status.json").read_text()),
-            [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()])
+    return (
+        json.loads((d / "config.json").read_text()),
+        json.loads((d / "status.json").read_text()),
+        [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()],
+    )
 
 
 def test_cli_prints_the_table_then_the_json_summary(compared):
@@ -54,12 +79,28 @@ def test_cli_prints_the_table_then_the_json_summary(compared):
     assert json.loads(lines[-1]) == summary
     header = next(line for line in lines if line.startswith("variant"))
     unit, _ = compare.flops_unit(summary["rows"])
-    for column in ("timed", "step ms", "steps/s", "samples/s", unit, "of peak", "memory MiB", "final loss", "loss diff", "skipped", "speedup", "memory", "verdict"):
+    for column in (
+        "timed",
+        "step ms",
+        "steps/s",
+        "samples/s",
+        unit,
+        "of peak",
+        "memory MiB",
+        "final loss",
+        "loss diff",
+        "skipped",
+        "speedup",
+        "memory",
+        "verdict",
+    ):
         assert column in header
     for variant in VARIANTS:
         assert any(line.startswith(variant + " ") for line in lines)
     assert "n/a, CPU" in proc.stdout and "RSS the run added" in proc.stdout
-    assert [line for line in proc.stderr.splitlines() if line.startswith("[")] == [f"[{i}/3] {v}: {STEPS} steps ..." for i, v in enumerate(VARIANTS, 1)]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("[")] == [
+        f"[{i}/3] {v}: {STEPS} steps ..." for i, v in enumerate(VARIANTS, 1)
+    ]
 
 
 def test_each_precision_is_a_normal_run_record_of_one_group(compared):
@@ -79,11 +120,28 @@ def test_each_precision_is_a_normal_run_record_of_one_group(compared):
 def test_table_fields_are_present(compared):
     _, _, summary = compared
     methods = {row["memory_method"] for row in summary["rows"]}
-    assert len(methods) == 1 and methods <= {"clear_refs", "sampled"}  # which one depends on this kernel; the record says
-    assert summary["device"] == "cpu" and summary["memory_kind"] == compare.RSS_MEMORY_KIND[methods.pop()] and summary["complete"]
+    assert len(methods) == 1 and methods <= {
+        "clear_refs",
+        "sampled",
+    }  # which one depends on this kernel; the record says
+    assert (
+        summary["device"] == "cpu"
+        and summary["memory_kind"] == compare.RSS_MEMORY_KIND[methods.pop()]
+        and summary["complete"]
+    )
     assert summary["settings"]["hidden"] == 64 and summary["settings"]["matmul_flops_per_step"] > 0
     for row in summary["rows"]:
-        for key in ("median_step_ms", "steps_per_s", "samples_per_s", "tflops", "memory_mib", "final_loss", "loss_diff", "speedup", "memory_ratio"):
+        for key in (
+            "median_step_ms",
+            "steps_per_s",
+            "samples_per_s",
+            "tflops",
+            "memory_mib",
+            "final_loss",
+            "loss_diff",
+            "speedup",
+            "memory_ratio",
+        ):
             assert isinstance(row[key], float), (row["variant"], key)
         assert row["peak_tflops"] is None and row["peak_share"] is None  # no peak on a CPU
         assert row["timed_steps"] == STEPS - 5 and row["steps"] == STEPS and row["enough_timed_steps"]
@@ -103,7 +161,9 @@ def test_ratios_follow_from_the_runs_own_records(compared):
         # What the run added, not the process: far below the RSS the imports had before the run began.
         assert 0 < status["run_memory_mib"] < status["rss_before_run_mib"] <= status["peak_rss_mib"]
         assert row["memory_reduction"] == pytest.approx(1 - row["memory_ratio"])
-        assert row["tflops"] == pytest.approx(config["matmul_flops_per_step"] / (status["median_step_ms"] / 1e3) / 1e12, rel=1e-12)
+        assert row["tflops"] == pytest.approx(
+            config["matmul_flops_per_step"] / (status["median_step_ms"] / 1e3) / 1e12, rel=1e-12
+        )
         assert row["final_loss"] == metrics[-1]["loss"]
         assert row["loss_diff"] == pytest.approx(metrics[-1]["loss"] - base_metrics[-1]["loss"], abs=1e-12)
         assert row["skipped_steps"] == sum(m["skipped"] for m in metrics)
@@ -146,19 +206,51 @@ def test_cpu_notes_from_flags(flags, says):
 # ---------------------------------------------------------------- the summary on made-up records
 
 
-def fake_run(runs_dir: Path, precision: str, step_ms: float, memory: float, loss: float, *, matmul: str = "highest", gpu: str | None = "NVIDIA H100 80GB HBM3",
-             state: str = "completed", skipped: int = 0, group: str = "g", timed: int = 20) -> str:
+def fake_run(
+    runs_dir: Path,
+    precision: str,
+    step_ms: float,
+    memory: float,
+    loss: float,
+    *,
+    matmul: str = "highest",
+    gpu: str | None = "NVIDIA H100 80GB HBM3",
+    state: str = "completed",
+    skipped: int = 0,
+    group: str = "g",
+    timed: int = 20,
+) -> str:
     accel = "gpu" if gpu else "cpu"
-    config = {"precision": precision, "precision_resolved": precision, "matmul_precision": matmul, "compare_group": group, "accelerator_resolved": accel,
-              "hardware": {"cuda": bool(gpu), "device_name": gpu} if gpu else {"cuda": False, "cpu_capability": "AVX2", "cpu_flags": ["avx2"]},
-              "matmul_flops_per_step": 10**12, "max_steps": 4, "batch_size": 8, "hidden": 8, "depth": 1, "seed": 0, "lr": 1e-3}
+    config = {
+        "precision": precision,
+        "precision_resolved": precision,
+        "matmul_precision": matmul,
+        "compare_group": group,
+        "accelerator_resolved": accel,
+        "hardware": {"cuda": bool(gpu), "device_name": gpu}
+        if gpu
+        else {"cuda": False, "cpu_capability": "AVX2", "cpu_flags": ["avx2"]},
+        "matmul_flops_per_step": 10**12,
+        "max_steps": 4,
+        "batch_size": 8,
+        "hidden": 8,
+        "depth": 1,
+        "seed": 0,
+        "lr": 1e-3,
+    }
     w = RunWriter.create(runs_dir, config, label=precision)
     w.append_metrics([{"step": i, "loss": loss + (3 - i), "skipped": i < skipped} for i in range(4)])
     w.close()
     memory = {"cuda_peak_mib": memory} if gpu else {"run_memory_mib": memory, "run_memory_method": "sampled"}
-    w.set_status(state, created_at=f"2026-01-01T00:00:0{len(list(runs_dir.iterdir()))}", median_step_ms=step_ms, timed_steps=timed,
-                 peak_rss_mib=999.0, **memory,
-                 **({"error": "RuntimeError: boom"} if state == "failed" else {}))
+    w.set_status(
+        state,
+        created_at=f"2026-01-01T00:00:0{len(list(runs_dir.iterdir()))}",
+        median_step_ms=step_ms,
+        timed_steps=timed,
+        peak_rss_mib=999.0,
+        **memory,
+        **({"error": "RuntimeError: boom"} if state == "failed" else {}),
+    )
     return w.id
 
 
@@ -196,15 +288,27 @@ def test_summary_without_a_baseline_and_on_a_cpu(tmp_path):
     fake_run(tmp_path, "bf16-mixed", 15.0, 500.0, 1.0, gpu=None)
     summary = compare.summarize_group(compare.group_runs(tmp_path, "g"))
     (row,) = summary["rows"]
-    assert row["speedup"] is None and row["verdict"] == "n/a" and row["memory_kind"] == "RSS the run added, sampled peak" and row["memory_mib"] == 500.0
+    assert (
+        row["speedup"] is None
+        and row["verdict"] == "n/a"
+        and row["memory_kind"] == "RSS the run added, sampled peak"
+        and row["memory_mib"] == 500.0
+    )
     assert summary["notes"][0].startswith("No 32-true run")
     assert compare.summarize_group([])["rows"] == []
 
 
 @pytest.mark.parametrize(
     "device, dtype, peak",
-    [("NVIDIA H100 80GB HBM3", "bf16", 989), ("NVIDIA H100 PCIe", "fp16", 756), ("NVIDIA H200", "tf32", 495),
-     ("NVIDIA A100-SXM4-80GB", "fp32", 19.5), ("NVIDIA GeForce RTX 4090", "fp16", None), (None, "fp32", None), ("NVIDIA H100", None, None)],
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989),
+        ("NVIDIA H100 PCIe", "fp16", 756),
+        ("NVIDIA H200", "tf32", 495),
+        ("NVIDIA A100-SXM4-80GB", "fp32", 19.5),
+        ("NVIDIA GeForce RTX 4090", "fp16", None),
+        (None, "fp32", None),
+        ("NVIDIA H100", None, None),
+    ],
 )
 def test_peak_table(device, dtype, peak):
     assert compare.peak_tflops(device, dtype) == peak
@@ -232,8 +336,18 @@ def test_figures_carry_the_summary(tmp_path):
 
 
 def test_plan_shares_a_group_and_round_trips_through_the_train_cli(tmp_path):
-    configs = compare.plan(["bf16", "16-mixed", "32"], on_cuda=False, max_steps=compare.min_comparison_steps(), hidden=16, runs_dir=str(tmp_path))
-    assert [(c.precision, c.matmul_precision) for c in configs] == [("32-true", "highest"), ("bf16-mixed", "highest"), ("16-mixed", "highest")]
+    configs = compare.plan(
+        ["bf16", "16-mixed", "32"],
+        on_cuda=False,
+        max_steps=compare.min_comparison_steps(),
+        hidden=16,
+        runs_dir=str(tmp_path),
+    )
+    assert [(c.precision, c.matmul_precision) for c in configs] == [
+        ("32-true", "highest"),
+        ("bf16-mixed", "highest"),
+        ("16-mixed", "highest"),
+    ]
     assert len({c.compare_group for c in configs}) == 1 and all(c.time_steps and c.wandb == "disabled" for c in configs)
     for c in configs:
         assert asdict(config_from_args(compare.train_argv(c))) == asdict(c)
@@ -251,8 +365,14 @@ BAD_INPUT = {  # args -> what the one line must mention
     "unknown wandb": (["--wandb", "loud"], "wandb"),
     "unknown option": (["--bogus"], "--bogus"),
     "json folder missing": (["--json", "/nonexistent/dir/out.json"], "json"),
-    "one step": (["--max-steps", "1"], f"at least {compare.MIN_TIMED_STEPS} timed steps; use {compare.min_comparison_steps()} steps or more"),
-    "one step short": (["--max-steps", str(compare.min_comparison_steps() - 1)], f"use {compare.min_comparison_steps()} steps or more"),
+    "one step": (
+        ["--max-steps", "1"],
+        f"at least {compare.MIN_TIMED_STEPS} timed steps; use {compare.min_comparison_steps()} steps or more",
+    ),
+    "one step short": (
+        ["--max-steps", str(compare.min_comparison_steps() - 1)],
+        f"use {compare.min_comparison_steps()} steps or more",
+    ),
     "gpu without cuda": (["--accelerator", "gpu"], "CUDA"),
 }
 
@@ -295,12 +415,19 @@ def test_step_timing_leaves_out_the_warm_up(n, warmup, timed):
     rest = sorted(seconds[warmup:])
     median = rest[len(rest) // 2] if len(rest) % 2 else (rest[len(rest) // 2 - 1] + rest[len(rest) // 2]) / 2
     assert out["median_step_ms"] == pytest.approx(median * 1e3)
-    assert out["samples_per_s"] == pytest.approx(10 * out["steps_per_s"]) and out["steps_per_s"] == pytest.approx(1 / median)
+    assert out["samples_per_s"] == pytest.approx(10 * out["steps_per_s"]) and out["steps_per_s"] == pytest.approx(
+        1 / median
+    )
 
 
 @pytest.mark.parametrize(
     "field, value, mention",
-    [("matmul_precision", "tf32", "matmul-precision"), ("time_steps", "yes", "time-steps"), ("compare_group", "../x", "compare-group"), ("compare_group", 5, "compare-group")],
+    [
+        ("matmul_precision", "tf32", "matmul-precision"),
+        ("time_steps", "yes", "time-steps"),
+        ("compare_group", "../x", "compare-group"),
+        ("compare_group", 5, "compare-group"),
+    ],
 )
 def test_run_config_refuses_bad_comparison_settings(field, value, mention):
     with pytest.raises(ConfigError, match=mention):
@@ -309,12 +436,32 @@ def test_run_config_refuses_bad_comparison_settings(field, value, mention):
 
 def test_an_untimed_run_records_memory_only_and_a_timed_one_both(runs_dir):
     torch.set_float32_matmul_precision("highest")
-    plain = load_run(run(RunConfig(precision="32-true", max_steps=8, hidden=16, batch_size=8, wandb="disabled", histogram_every=0)).path)
-    timed = load_run(run(RunConfig(precision="32-true", max_steps=8, hidden=16, batch_size=8, wandb="disabled", histogram_every=0,
-                                   time_steps=True, matmul_precision="high")).path)
+    plain = load_run(
+        run(
+            RunConfig(precision="32-true", max_steps=8, hidden=16, batch_size=8, wandb="disabled", histogram_every=0)
+        ).path
+    )
+    timed = load_run(
+        run(
+            RunConfig(
+                precision="32-true",
+                max_steps=8,
+                hidden=16,
+                batch_size=8,
+                wandb="disabled",
+                histogram_every=0,
+                time_steps=True,
+                matmul_precision="high",
+            )
+        ).path
+    )
     assert torch.get_float32_matmul_precision() == "highest"  # the run's setting does not leak into the process
     assert plain.status["peak_rss_mib"] > 0 and "median_step_ms" not in plain.status
-    assert timed.status["timed_steps"] == 4 and timed.status["median_step_ms"] > 0 and timed.config["matmul_precision"] == "high"
+    assert (
+        timed.status["timed_steps"] == 4
+        and timed.status["median_step_ms"] > 0
+        and timed.config["matmul_precision"] == "high"
+    )
     assert "cuda_peak_mib" not in timed.status and timed.config["hardware"]["cpu_capability"]
     for r in (plain, timed):  # every run records what it added, and how that was measured
         assert r.status["run_memory_method"] in memory.METHODS and r.status["run_memory_mib"] >= 0
@@ -349,7 +496,10 @@ def test_plan_refuses_too_few_steps_naming_the_minimum(tmp_path):
         compare.plan(["bf16-mixed"], on_cuda=False, max_steps=n - 1, runs_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="max-steps"):  # a step count that is no count at all says that first
         compare.plan(["bf16-mixed"], on_cuda=False, max_steps=0, runs_dir=str(tmp_path))
-    assert [c.max_steps for c in compare.plan(["bf16-mixed"], on_cuda=False, max_steps=n, runs_dir=str(tmp_path))] == [n, n]
+    assert [c.max_steps for c in compare.plan(["bf16-mixed"], on_cuda=False, max_steps=n, runs_dir=str(tmp_path))] == [
+        n,
+        n,
+    ]
 
 
 def test_too_few_timed_steps_get_no_verdict_and_are_drawn_grey(tmp_path):
@@ -362,13 +512,18 @@ def test_too_few_timed_steps_get_no_verdict_and_are_drawn_grey(tmp_path):
     assert (fp16["speedup_ok"], fp16["memory_ok"], fp16["loss_ok"]) == (None, None, None)
     assert fp16["speedup"] == 20.0  # still shown, greyed
     assert bf16["verdict"] == "pass"
-    assert any(n.startswith("Too few timed steps") and "16-mixed (1)" in n and f"{compare.min_comparison_steps()} steps" in n for n in summary["notes"])
+    assert any(
+        n.startswith("Too few timed steps") and "16-mixed (1)" in n and f"{compare.min_comparison_steps()} steps" in n
+        for n in summary["notes"]
+    )
     step = compare.bar_figure(summary, "median_step_ms")
     colors = list(step.data[0].marker.color)
     assert colors[1] == compare_figures.GREY and compare_figures.GREY not in (colors[0], colors[2])
     assert compare.TOO_FEW_STEPS in step.data[0].text[1] and compare.TOO_FEW_STEPS not in step.data[0].text[2]
     assert list(compare.ratio_figure(summary).data[0].marker.color)[1] == compare_figures.GREY
-    assert compare_figures.GREY not in list(compare.bar_figure(summary, "memory_mib").data[0].marker.color)  # memory needs no median
+    assert compare_figures.GREY not in list(
+        compare.bar_figure(summary, "memory_mib").data[0].marker.color
+    )  # memory needs no median
     table = compare.format_table(summary)
     assert "16-mixed: too few steps (1 timed, 12 needed): no verdict" in table and "bf16-mixed: speedup pass" in table
 
@@ -385,7 +540,13 @@ def test_a_barely_timed_baseline_leaves_every_row_without_a_verdict(tmp_path):
 
 @pytest.mark.parametrize(
     "step_ms, unit, shown",
-    [(0.1, "TFLOP/s", 1e4), (100.0, "TFLOP/s", 10.0), (1e4, "GFLOP/s", 100.0), (5e7, "MFLOP/s", 20.0), (5e10, "MFLOP/s", 0.02)],
+    [
+        (0.1, "TFLOP/s", 1e4),
+        (100.0, "TFLOP/s", 10.0),
+        (1e4, "GFLOP/s", 100.0),
+        (5e7, "MFLOP/s", 20.0),
+        (5e10, "MFLOP/s", 0.02),
+    ],
 )
 def test_throughput_is_drawn_in_a_unit_chosen_from_the_data(tmp_path, step_ms, unit, shown):
     fake_run(tmp_path, "32-true", step_ms, 1000.0, 1.0)  # 1e12 FLOP per step
@@ -425,7 +586,9 @@ def test_a_clear_refs_that_takes_the_write_but_resets_nothing_is_not_trusted(tmp
     block = _touch(64)  # raise the high-water mark, then give the memory back
     del block
     assert memory._status_kib("VmHWM") - memory._status_kib("VmRSS") > memory.RESET_SLACK_KIB
-    monkeypatch.setattr(memory, "CLEAR_REFS", tmp_path / "clear_refs")  # a plain file: the write succeeds, the mark stays
+    monkeypatch.setattr(
+        memory, "CLEAR_REFS", tmp_path / "clear_refs"
+    )  # a plain file: the write succeeds, the mark stays
     assert not memory.reset_peak_rss()
     assert memory.RunMemory().start().stop()["run_memory_method"] == "sampled"
 
@@ -434,15 +597,19 @@ def test_without_proc_nothing_is_measured_and_compare_says_so(tmp_path, monkeypa
     monkeypatch.setattr(memory, "STATUS", tmp_path / "status")
     out = memory.RunMemory().start().stop()
     assert out == {"run_memory_mib": None, "run_memory_method": None}
-    w = RunWriter.create(tmp_path / "runs", {"precision": "32-true", "compare_group": "g", "accelerator_resolved": "cpu"}, label="x")
+    w = RunWriter.create(
+        tmp_path / "runs", {"precision": "32-true", "compare_group": "g", "accelerator_resolved": "cpu"}, label="x"
+    )
     w.close()
-    w.set_status("completed", median_step_ms=1.0, timed_steps=20, peak_rss_mib=480.0, **out)  # a lifetime peak is not shown instead
+    w.set_status(
+        "completed", median_step_ms=1.0, timed_steps=20, peak_rss_mib=480.0, **out
+    )  # a lifetime peak is not shown instead
     (row,) = compare.summarize_group(compare.group_runs(tmp_path / "runs", "g"))["rows"]
     assert row["memory_mib"] is None and row["memory_kind"] == "not measured"
 
 
 def demo_params(hidden: int, depth: int) -> int:
-    from amp_core.model import DemoMLP
+    from amp_core.training.model import DemoMLP
 
     return sum(p.numel() for p in DemoMLP(hidden=hidden, depth=depth).parameters())
 
@@ -450,9 +617,12 @@ def demo_params(hidden: int, depth: int) -> int:
 # A fresh process per run, as the app's worker and the compare CLI give each run; the second way
 # makes clear_refs unavailable, so the sampling fallback is measured on real runs too.
 TRAIN_WITH = {
-    "auto": ["-m", "amp_core.compare_run"],
-    "sampled": ["-c", "import pathlib, sys; import amp_core.memory as m; m.CLEAR_REFS = pathlib.Path('/nonexistent/clear_refs'); "
-                      "import amp_core.compare_run as r; sys.exit(r.main(sys.argv[1:]))"],
+    "auto": ["-m", "amp_core.training.compare_run"],
+    "sampled": [
+        "-c",
+        "import pathlib, sys; import amp_core.training.memory as m; m.CLEAR_REFS = pathlib.Path('/nonexistent/clear_refs'); "
+        "import amp_core.training.compare_run as r; sys.exit(r.main(sys.argv[1:]))",
+    ],
 }
 
 
@@ -462,14 +632,32 @@ def test_a_bigger_model_adds_more_memory_in_real_runs(tmp_path, method):
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     status = {}
     for name, (hidden, depth) in sizes.items():
-        args = ["--precision", "32-true", "--max-steps", "6", "--batch-size", "32", f"--hidden={hidden}", f"--depth={depth}",
-                "--wandb", "disabled", "--runs-dir", str(tmp_path / name)]
-        proc = subprocess.run([sys.executable, *TRAIN_WITH[method], *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        args = [
+            "--precision",
+            "32-true",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "32",
+            f"--hidden={hidden}",
+            f"--depth={depth}",
+            "--wandb",
+            "disabled",
+            "--runs-dir",
+            str(tmp_path / name),
+        ]
+        proc = subprocess.run(
+            [sys.executable, *TRAIN_WITH[method], *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         (run_dir,) = (tmp_path / name).iterdir()
         status[name] = json.loads((run_dir / "status.json").read_text())
     small, big = status["small"], status["big"]
-    assert small["run_memory_method"] == big["run_memory_method"] == ("sampled" if method == "sampled" else small["run_memory_method"])
+    assert (
+        small["run_memory_method"]
+        == big["run_memory_method"]
+        == ("sampled" if method == "sampled" else small["run_memory_method"])
+    )
     # fp32 weights, their gradients and Adam's two moments: four copies of the parameters at the optimizer step.
     four_copies_mib = 4 * 4 * (demo_params(*sizes["big"]) - demo_params(*sizes["small"])) / 2**20
     grown = big["run_memory_mib"] - small["run_memory_mib"]

@@ -15,10 +15,10 @@ import time
 import pytest
 import torch
 
-from amp_core.runs import FINAL_STATES, METRICS_FILE, STATUS_FILE, load_run
-from amp_core.sync_check import MONITOR_STEP_HOOKS, HostSyncCounter, count_monitor_syncs
-from amp_core.train import RunConfig
-from amp_core.worker import Launcher
+from amp_core.record import FINAL_STATES, METRICS_FILE, STATUS_FILE, load_run
+from amp_core.serve.worker import Launcher
+from amp_core.training.cli import RunConfig
+from amp_core.training.sync_check import MONITOR_STEP_HOOKS, HostSyncCounter, count_monitor_syncs
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -71,14 +71,25 @@ def test_a_real_cuda_oom_fails_its_run_and_the_next_run_completes(runs_dir):
     hidden = 128 * math.ceil(OOM_MARGIN * total / (2 * OOM_DEPTH * OOM_BATCH * 4) / 128)
     if hidden > 65536:
         pytest.skip(f"a GPU of {total / 2**30:.0f} GiB is larger than the biggest demo MLP run can fill")
-    big = RunConfig(accelerator="gpu", precision="32-true", hidden=hidden, depth=OOM_DEPTH, batch_size=OOM_BATCH, max_steps=2, wandb="disabled", histogram_every=0)
+    big = RunConfig(
+        accelerator="gpu",
+        precision="32-true",
+        hidden=hidden,
+        depth=OOM_DEPTH,
+        batch_size=OOM_BATCH,
+        max_steps=2,
+        wandb="disabled",
+        histogram_every=0,
+    )
     small = RunConfig(accelerator="gpu", precision="16-mixed", hidden=32, batch_size=16, max_steps=20, wandb="disabled")
     launcher = Launcher(runs_dir, cuda_devices=torch.cuda.device_count())
     try:
         oom, after = launcher.submit(big), launcher.submit(small)
         deadline = time.monotonic() + 2 * RUN_TIMEOUT
         while not all(load_run(runs_dir / i).state in FINAL_STATES for i in (oom, after)):
-            assert time.monotonic() < deadline, f"gave up waiting: {_status(runs_dir / oom)} {_status(runs_dir / after)}"
+            assert time.monotonic() < deadline, (
+                f"gave up waiting: {_status(runs_dir / oom)} {_status(runs_dir / after)}"
+            )
             time.sleep(0.5)
         failed, done = _status(runs_dir / oom), _status(runs_dir / after)
         assert failed["state"] == "failed", failed

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from amp_core.runs import RunMetrics, list_runs, load_rank_scales, ranks_agree
-from amp_core.train import ConfigError, RunConfig
-from amp_core.worker import Launcher
+from amp_core.record import RunMetrics, list_runs, load_rank_scales, ranks_agree
+from amp_core.serve.worker import Launcher
+from amp_core.training.cli import ConfigError, RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,31 @@ def ddp_run(tmp_path_factory):
     env = dict(os.environ, WANDB_MODE="offline")
     for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "AMP_RUN_DIR"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "amp_core.train", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
-           "--precision", "16-mixed", "--init-scale", str(2.0**40), "--growth-interval", "5", "--max-steps", "30",
-           "--hidden", "64", "--wandb", "disabled", "--runs-dir", str(runs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "amp_core.train",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--precision",
+        "16-mixed",
+        "--init-scale",
+        str(2.0**40),
+        "--growth-interval",
+        "5",
+        "--max-steps",
+        "30",
+        "--hidden",
+        "64",
+        "--wandb",
+        "disabled",
+        "--runs-dir",
+        str(runs),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return runs, out

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from amp_core.runs import (
+from amp_core.record import (
     FINAL_STATES,
     METRICS_FILE,
     STATUS_FILE,
@@ -41,8 +41,8 @@ from amp_core.runs import (
     run_path,
     summarize,
 )
-from amp_core.train import RunConfig, run
-from amp_core.worker import Launcher
+from amp_core.serve.worker import Launcher
+from amp_core.training.cli import RunConfig, run
 from tests.support.processes import dead_pid, kill_recorded_processes, read_status, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +164,11 @@ def test_faults_in_workers_are_recorded_and_the_launcher_goes_on(launchers, runs
     ids = {fault: launcher.submit(fault_config(fault)) for fault in FAULTS}
     normal = launcher.submit(RunConfig(**SHORT))  # queued behind the faults: must still run and complete
     everything = [*ids.values(), normal]
-    wait_until(lambda: all(load_run(runs_dir / i).state in FINAL_STATES for i in everything), 4 * START_TIMEOUT, "every run to end")
+    wait_until(
+        lambda: all(load_run(runs_dir / i).state in FINAL_STATES for i in everything),
+        4 * START_TIMEOUT,
+        "every run to end",
+    )
 
     for fault, run_id in ids.items():
         check_fault_record(runs_dir / run_id, fault)
@@ -334,12 +338,36 @@ def check_trained_with_a_wandb_warning(path: Path, steps: int, *words: str) -> d
 def test_wandb_not_installed_cli(tmp_path):
     fake = tmp_path / "fake-site"
     (fake / "wandb").mkdir(parents=True)
-    (fake / "wandb" / "__init__.py").write_text('raise ImportError("No module named wandb (simulated: not installed)")\n')
+    (fake / "wandb" / "__init__.py").write_text(
+        'raise ImportError("No module named wandb (simulated: not installed)")\n'
+    )
     runs = tmp_path / "runs"
-    env = {**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{REPO}", "AMP_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{fake}{os.pathsep}{REPO}",
+        "AMP_RUNS_DIR": str(runs),
+        "OMP_NUM_THREADS": "1",
+        "HOME": str(tmp_path),
+    }
     out = subprocess.run(
-        [sys.executable, "-m", "amp_core.train", "--wandb", "offline", "--max-steps", "20", "--hidden", "32", "--batch-size", "16"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "amp_core.train",
+            "--wandb",
+            "offline",
+            "--max-steps",
+            "20",
+            "--hidden",
+            "32",
+            "--batch-size",
+            "16",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("completed: 20 steps")
@@ -398,5 +426,7 @@ def test_wandb_raising_mid_run(runs_dir, tmp_path, monkeypatch):
         if wandb.run is not None:  # the broken logger leaves its W&B run open: do not let it leak into other tests
             wandb.finish()
     assert calls["n"] > 5, "W&B was not called often enough to fail mid-run"
-    check_trained_with_a_wandb_warning(writer.path, 20, "W&B failed", "simulated W&B failure mid-run", "training goes on")
+    check_trained_with_a_wandb_warning(
+        writer.path, 20, "W&B failed", "simulated W&B failure mid-run", "training goes on"
+    )
     assert effective_state(read_status(writer.path)) == "completed"

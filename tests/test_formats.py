@@ -1,4 +1,4 @@
-"""amp_core.formats against torch itself: real casts and torch.finfo, no mocks."""
+"""amp_core.analysis.formats against torch itself: real casts and torch.finfo, no mocks."""
 
 import math
 import subprocess
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amp_core.formats import formats, number_line_figure, round_to_formats, round_to_tf32, to_format
+from amp_core.analysis.formats import formats, number_line_figure, round_to_formats, round_to_tf32, to_format
 
 FMT = {f.name: f for f in formats()}
 NAMES = list(FMT)
@@ -69,7 +69,13 @@ def test_known_values():
     assert (tf32.max, tf32.smallest_normal, tf32.smallest_subnormal) == ((2 - 2**-10) * 2.0**127, 2**-126, 2**-136)
     assert (E4M3.max, E4M3.smallest_subnormal, E5M2.max, E5M2.smallest_subnormal) == (448.0, 2**-9, 57344.0, 2**-16)
     assert {f.name: f.overflow for f in formats()} == {
-        "fp32": "inf", "tf32": "inf", "fp16": "inf", "bf16": "inf", "fp8 e4m3fn": "saturates", "fp8 e5m2": "inf"}
+        "fp32": "inf",
+        "tf32": "inf",
+        "fp16": "inf",
+        "bf16": "inf",
+        "fp8 e4m3fn": "saturates",
+        "fp8 e5m2": "inf",
+    }
 
 
 def test_float8_e4m3fn_saturates_and_e5m2_goes_to_inf():
@@ -78,7 +84,10 @@ def test_float8_e4m3fn_saturates_and_e5m2_goes_to_inf():
     assert e4[:5] == [448.0, 448.0, -448.0, 448.0, 448.0] and math.isnan(e4[5])
     assert x[:3].to(torch.float8_e5m2).to(torch.float64).tolist() == [math.inf, math.inf, -math.inf]
     # 464 is the tie between 448 and the would-be 480 (even 448 wins); past it, e4m3fn clamps: an overflow
-    assert (by_format(464.0, "verdict")["fp8 e4m3fn"], by_format(465.0, "verdict")["fp8 e4m3fn"]) == ("rounded", "overflow")
+    assert (by_format(464.0, "verdict")["fp8 e4m3fn"], by_format(465.0, "verdict")["fp8 e4m3fn"]) == (
+        "rounded",
+        "overflow",
+    )
     assert (by_format(65519.0, "verdict")["fp16"], by_format(65520.0, "verdict")["fp16"]) == ("rounded", "overflow")
 
 
@@ -99,10 +108,32 @@ def f32(x: float) -> float:
     return torch.tensor(x, dtype=torch.float32).item()
 
 
-@pytest.mark.parametrize("x", [
-    1.0, 1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-11 + 2**-23, -(1 + 2**-11 + 2**-23), 0.1, -0.1, 1 / 3, math.pi,
-    65519.0, 3e38, 3.4e38, 2.0**-136, 2.0**-137, 3 * 2.0**-137, 1e-40, 1.17e-38, 0.0, -0.0, math.inf, -math.inf,
-])
+@pytest.mark.parametrize(
+    "x",
+    [
+        1.0,
+        1 + 2**-11,
+        1 + 3 * 2**-11,
+        1 + 2**-11 + 2**-23,
+        -(1 + 2**-11 + 2**-23),
+        0.1,
+        -0.1,
+        1 / 3,
+        math.pi,
+        65519.0,
+        3e38,
+        3.4e38,
+        2.0**-136,
+        2.0**-137,
+        3 * 2.0**-137,
+        1e-40,
+        1.17e-38,
+        0.0,
+        -0.0,
+        math.inf,
+        -math.inf,
+    ],
+)
 def test_tf32_matches_a_frexp_reference(x):
     x = f32(x)
     assert tf32(x) == tf32_reference(x)
@@ -123,7 +154,7 @@ def test_tf32_matches_the_reference_everywhere(x):
 
 
 def test_tf32_on_random_bit_patterns():
-    bits = torch.from_numpy(np.random.default_rng(0).integers(-2**31, 2**31, 20000, dtype=np.int64).astype(np.int32))
+    bits = torch.from_numpy(np.random.default_rng(0).integers(-(2**31), 2**31, 20000, dtype=np.int64).astype(np.int32))
     x = bits.view(torch.float32)
     got = round_to_tf32(x)
     finite = torch.isfinite(x)
@@ -143,21 +174,61 @@ def test_float64_input_is_rounded_through_float32():
 V = {"fp32": "exact", "tf32": "exact", "fp16": "exact", "bf16": "exact", "fp8 e4m3fn": "exact", "fp8 e5m2": "exact"}
 
 
-@pytest.mark.parametrize("value, verdicts, results", [
-    (1.0, V, dict.fromkeys(NAMES, 1.0)),
-    (65504.0, V | {"bf16": "rounded", "fp8 e4m3fn": "overflow", "fp8 e5m2": "overflow"},
-     {"fp16": 65504.0, "bf16": 65536.0, "fp8 e4m3fn": 448.0, "fp8 e5m2": math.inf}),
-    (70000.0, V | {"tf32": "rounded", "fp16": "overflow", "bf16": "rounded", "fp8 e4m3fn": "overflow", "fp8 e5m2": "overflow"},
-     {"tf32": 70016.0, "fp16": math.inf, "bf16": 70144.0}),
-    (1e-8, {"fp32": "rounded", "tf32": "rounded", "fp16": "underflow", "bf16": "rounded", "fp8 e4m3fn": "underflow", "fp8 e5m2": "underflow"},
-     {"fp16": 0.0}),  # 1e-8 < 2**-25, half of fp16's smallest subnormal
-    (1e-6, {"fp32": "rounded", "tf32": "rounded", "fp16": "subnormal", "bf16": "rounded", "fp8 e4m3fn": "underflow", "fp8 e5m2": "underflow"},
-     {"fp16": 17 * 2**-24}),
-    (2.0**-24, V | {"fp8 e4m3fn": "underflow", "fp8 e5m2": "underflow"}, {"fp16": 2**-24}),  # subnormal in fp16, yet exact
-    (math.inf, V | {"fp8 e4m3fn": "overflow"}, {"fp16": math.inf, "fp8 e4m3fn": 448.0}),
-    (1e300, dict.fromkeys(NAMES, "overflow"), {"fp32": math.inf, "fp8 e4m3fn": 448.0}),
-    (10**400, dict.fromkeys(NAMES, "overflow"), {"fp32": math.inf, "fp8 e4m3fn": 448.0}),  # beyond float64 too
-])
+@pytest.mark.parametrize(
+    "value, verdicts, results",
+    [
+        (1.0, V, dict.fromkeys(NAMES, 1.0)),
+        (
+            65504.0,
+            V | {"bf16": "rounded", "fp8 e4m3fn": "overflow", "fp8 e5m2": "overflow"},
+            {"fp16": 65504.0, "bf16": 65536.0, "fp8 e4m3fn": 448.0, "fp8 e5m2": math.inf},
+        ),
+        (
+            70000.0,
+            V
+            | {
+                "tf32": "rounded",
+                "fp16": "overflow",
+                "bf16": "rounded",
+                "fp8 e4m3fn": "overflow",
+                "fp8 e5m2": "overflow",
+            },
+            {"tf32": 70016.0, "fp16": math.inf, "bf16": 70144.0},
+        ),
+        (
+            1e-8,
+            {
+                "fp32": "rounded",
+                "tf32": "rounded",
+                "fp16": "underflow",
+                "bf16": "rounded",
+                "fp8 e4m3fn": "underflow",
+                "fp8 e5m2": "underflow",
+            },
+            {"fp16": 0.0},
+        ),  # 1e-8 < 2**-25, half of fp16's smallest subnormal
+        (
+            1e-6,
+            {
+                "fp32": "rounded",
+                "tf32": "rounded",
+                "fp16": "subnormal",
+                "bf16": "rounded",
+                "fp8 e4m3fn": "underflow",
+                "fp8 e5m2": "underflow",
+            },
+            {"fp16": 17 * 2**-24},
+        ),
+        (
+            2.0**-24,
+            V | {"fp8 e4m3fn": "underflow", "fp8 e5m2": "underflow"},
+            {"fp16": 2**-24},
+        ),  # subnormal in fp16, yet exact
+        (math.inf, V | {"fp8 e4m3fn": "overflow"}, {"fp16": math.inf, "fp8 e4m3fn": 448.0}),
+        (1e300, dict.fromkeys(NAMES, "overflow"), {"fp32": math.inf, "fp8 e4m3fn": 448.0}),
+        (10**400, dict.fromkeys(NAMES, "overflow"), {"fp32": math.inf, "fp8 e4m3fn": 448.0}),  # beyond float64 too
+    ],
+)
 def test_round_to_formats(value, verdicts, results):
     assert by_format(value, "verdict") == verdicts
     got = by_format(value, "result")
@@ -227,7 +298,7 @@ def test_float64_values_pay_for_the_float32_detour(name, data):
 
 def test_number_line_figure():
     fig = number_line_figure(1e-8, 2.0**16)
-    bars, markers = fig.data[: len(NAMES)], fig.data[len(NAMES):]
+    bars, markers = fig.data[: len(NAMES)], fig.data[len(NAMES) :]
     assert [b.type for b in bars] == ["bar"] * len(NAMES) and [m.type for m in markers] == ["scatter"] * 2
     for bar, f in zip(bars, formats()):
         assert list(bar.y) == [f.name, f.name]
@@ -237,7 +308,13 @@ def test_number_line_figure():
     gradient, scaled = markers
     assert set(gradient.x) == {math.log2(1e-8)} and set(scaled.x) == {math.log2(1e-8 * 2**16)}
     assert dict(zip(gradient.y, gradient.marker.symbol)) == {
-        "fp32": "circle", "tf32": "circle", "fp16": "x", "bf16": "circle", "fp8 e4m3fn": "x", "fp8 e5m2": "x"}
+        "fp32": "circle",
+        "tf32": "circle",
+        "fp16": "x",
+        "bf16": "circle",
+        "fp8 e4m3fn": "x",
+        "fp8 e5m2": "x",
+    }
     assert dict(zip(scaled.y, scaled.marker.symbol))["fp16"] == "circle"
     notes = [a.text for a in fig.layout.annotations]
     assert "fp16 (underflow)" in notes[0] and "fp16 (underflow)" not in notes[1]
@@ -255,7 +332,7 @@ def test_number_line_figure_without_markers_or_with_unplottable_ones():
 
 
 def test_importable_without_streamlit():
-    code = "import sys, amp_core.formats as f; f.round_to_formats(1.0); print('streamlit' in sys.modules)"
+    code = "import sys, amp_core.analysis.formats as f; f.round_to_formats(1.0); print('streamlit' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False"]

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from amp_core.advice import advise
-from amp_core.callbacks import LossScaleMonitor
-from amp_core.gradients import shares
-from amp_core.runs import load_histograms, load_run
-from amp_core.scaler_policies import (
+from amp_core.analysis.advice import advise
+from amp_core.analysis.gradients import shares
+from amp_core.analysis.scaler_policies import (
     HysteresisPolicy,
     OverflowModel,
     TorchGradScalerPolicy,
     overflow_model_for,
     replay_own_policy,
 )
-from amp_core.train import RunConfig, run
+from amp_core.record import load_histograms, load_run
+from amp_core.training.callbacks import LossScaleMonitor
+from amp_core.training.cli import RunConfig, run
 
 
 def _run(tmp_path_factory, **kw):
@@ -48,7 +48,13 @@ def test_histogram_counts_known_proportions():
     assert zeros == 500 and nonfinite == 10
     assert counts[-30 - lo] == 1000 and counts[-10 - lo] == 3000 and counts[3 - lo] == 490
     assert counts[0] == 500  # zeros land in the first bin (and are counted apart)
-    hist = {"step": 0, "log2_lo": lo, "counts": [int(c) for c in counts], "zeros": int(zeros), "nonfinite": int(nonfinite)}
+    hist = {
+        "step": 0,
+        "log2_lo": lo,
+        "counts": [int(c) for c in counts],
+        "zeros": int(zeros),
+        "nonfinite": int(nonfinite),
+    }
     total = 5000
     sh = shares(hist, 2.0**16)
     assert sh["values"] == total
@@ -65,7 +71,9 @@ def test_histogram_counts_known_proportions():
 def test_runs_record_histograms(backoff_run):
     hists = load_histograms(backoff_run.path)
     assert [h["step"] for h in hists] == [0, 50, 100, 150, 200, 250]
-    n_params = sum(p.numel() for p in __import__("amp_core.model", fromlist=["DemoMLP"]).DemoMLP().parameters())
+    n_params = sum(
+        p.numel() for p in __import__("amp_core.training.model", fromlist=["DemoMLP"]).DemoMLP().parameters()
+    )
     assert all(sum(h["counts"]) + h["nonfinite"] == n_params for h in hists)
     assert hists[0]["nonfinite"] > 0  # step 0 overflowed at 2^40: the unscaled gradients hold inf
     assert hists[-1]["nonfinite"] == 0
@@ -130,7 +138,9 @@ def test_hysteresis_policy_by_hand():
         def __call__(self, step, scale):
             return step in (1, 2, 3)
 
-    scales, skipped = HysteresisPolicy(init_scale=8.0, scale_factor=2.0, scale_window=3, hysteresis=2, min_scale=2.0).run(Script())
+    scales, skipped = HysteresisPolicy(
+        init_scale=8.0, scale_factor=2.0, scale_window=3, hysteresis=2, min_scale=2.0
+    ).run(Script())
     # step 1: first overflow is absorbed by hysteresis; 2 and 3 back off (8 -> 4 -> 2, floored at 2);
     # 3 clean steps after the last overflow (step 6) grow it again.
     assert scales.tolist() == [8, 8, 8, 4, 2, 2, 2, 4]

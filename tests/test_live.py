@@ -1,4 +1,4 @@
-"""amp_core.live: one read and one set of figures per live run for every viewer, and the redraw pacer."""
+"""amp_core.serve.live: one read and one set of figures per live run for every viewer, and the redraw pacer."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from amp_core import live
-from amp_core.live import LiveRegistry, LiveRun, RedrawPacer, machine_load
-from amp_core.runs import RunWriter
+from amp_core.record import RunWriter
+from amp_core.serve import live
+from amp_core.serve.live import LiveRegistry, LiveRun, RedrawPacer, machine_load
 
 
 def rows(start: int, n: int) -> list[dict]:
@@ -157,7 +157,9 @@ def test_one_slow_redraw_does_not_stretch_everyone():
 
 def test_machine_load_reads_pressure_stall_information(tmp_path):
     pressure = tmp_path / "cpu"
-    pressure.write_text("some avg10=75.00 avg60=10.00 avg300=1.00 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    pressure.write_text(
+        "some avg10=75.00 avg60=10.00 avg300=1.00 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    )
     assert machine_load(str(pressure)) == pytest.approx(4.0)
     pressure.write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n")
     assert machine_load(str(pressure)) == 1.0

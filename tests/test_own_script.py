@@ -6,17 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-
-from amp_core import LossScaleMonitor, RunRecordLogger, fp16_mixed
-from amp_core.model import DemoMLP, synthetic_loader
-from amp_core.runs import RunFollower, RunWriter, list_runs, load_run, request_stop
-
 from test_train import check_ended, cli_env, only_run
 
+from amp_core import LossScaleMonitor, RunRecordLogger, fp16_mixed
+from amp_core.record import RunFollower, RunWriter, list_runs, load_run, request_stop
+from amp_core.training.model import DemoMLP, synthetic_loader
 from tests.support.readme import readme_script
 
 
@@ -30,7 +27,14 @@ def test_the_readme_script_makes_a_record_that_is_live_then_complete(tmp_path):
     script = tmp_path / "my_script.py"
     script.write_text(readme_script())
     runs_dir = tmp_path / "runs"
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=cli_env(runs_dir, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=cli_env(runs_dir, OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen_running: list[int] = []  # metrics counts seen while the record said 'running'
     follower = None
     try:
@@ -49,13 +53,15 @@ def test_the_readme_script_makes_a_record_that_is_live_then_complete(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err[-3000:]
-    assert len(set(seen_running)) >= 2, f"the record was not seen growing while running: {sorted(set(seen_running))[:5]}"
+    assert len(set(seen_running)) >= 2, (
+        f"the record was not seen growing while running: {sorted(set(seen_running))[:5]}"
+    )
     r = only_run(runs_dir)
     assert r.state == "completed" and r.problems == [], (r.status, r.problems)
     check_ended(r.status, "completed")
     assert list(r.metrics.step) == list(range(300)) and r.status["global_step"] == 300
     c = r.config
-    assert c["label"] == "my-script" and c["model_class"] == "amp_core.model.DemoMLP" and c["max_steps"] == 300
+    assert c["label"] == "my-script" and c["model_class"] == "amp_core.training.model.DemoMLP" and c["max_steps"] == 300
     assert c["precision"] == "16-mixed" and c["precision_plugin"] == "MixedPrecision" and c["grad_scaler"] is True
     assert c["init_scale"] == 2**16 and c["growth_interval"] == 2000 and c["accelerator"] == "cpu"
     assert c["hardware"]["cpu_count"] >= 1 and "torch" in c["versions"]
@@ -80,8 +86,14 @@ class StopsItselfAtStep8(DemoMLP):
 
 def fit(model, runs_dir, steps=30, logger=None):
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=steps, logger=logger or RunRecordLogger(runs_dir, name="in-process"), callbacks=[LossScaleMonitor()],
-        plugins=[fp16_mixed("cpu", init_scale=2.0**10, growth_interval=5)], enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        accelerator="cpu",
+        max_steps=steps,
+        logger=logger or RunRecordLogger(runs_dir, name="in-process"),
+        callbacks=[LossScaleMonitor()],
+        plugins=[fp16_mixed("cpu", init_scale=2.0**10, growth_interval=5)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
     )
     trainer.fit(model, synthetic_loader(batch_size=16, batches=10))
 

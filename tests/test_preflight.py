@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from amp_core.advice import scaler_expectation
+from amp_core.analysis.advice import scaler_expectation
 from amp_core.charts import _log10_ticks, grad_norm_figure, short_label
-from amp_core.preflight import absent_accelerator, failure_hint, missing_precision_package, precision_risk
-from amp_core.train import ConfigError, RunConfig
+from amp_core.training.cli import ConfigError, RunConfig
+from amp_core.training.preflight import absent_accelerator, failure_hint, missing_precision_package, precision_risk
 
 ROOT = Path(__file__).resolve().parents[1]
 TE_MISSING = importlib.util.find_spec("transformer_engine") is None
@@ -44,7 +44,11 @@ def test_other_precisions_need_nothing_more():
 def test_absent_accelerator():
     assert "needs a CUDA GPU" in absent_accelerator("gpu", 0)
     assert absent_accelerator("gpu", None) is None  # not known yet: the worker decides
-    assert absent_accelerator("gpu", 1) is None and absent_accelerator("cpu", 0) is None and absent_accelerator("auto", 0) is None
+    assert (
+        absent_accelerator("gpu", 1) is None
+        and absent_accelerator("cpu", 0) is None
+        and absent_accelerator("auto", 0) is None
+    )
 
 
 def test_16_true_risk_and_failure_hint():
@@ -57,7 +61,9 @@ def test_16_true_risk_and_failure_hint():
 
 
 def test_scaler_expectation():
-    torch_defaults = scaler_expectation({"precision": "16-mixed", "max_steps": 300, "growth_interval": 2000, "init_scale": 2.0**16})
+    torch_defaults = scaler_expectation(
+        {"precision": "16-mixed", "max_steps": 300, "growth_interval": 2000, "init_scale": 2.0**16}
+    )
     assert "within 300 steps it cannot grow" in torch_defaults and "may never overflow" in torch_defaults
     demo = scaler_expectation({"precision": "16-mixed", "max_steps": 300, "growth_interval": 50, "init_scale": 2.0**24})
     assert "at most 6 times in 300 steps" in demo and "likely to overflow" in demo
@@ -76,10 +82,15 @@ def test_log_ticks_are_written_in_full():
 def test_grad_norm_axis_uses_those_ticks():
     import numpy as np
 
-    from amp_core.runs import RunMetrics
+    from amp_core.record import RunMetrics
 
     n = 10
-    m = RunMetrics.from_rows([{"step": i, "loss": 1.0, "loss_scale": None, "skipped": False, "grad_norm": 0.1 * (i + 1), "time": float(i)} for i in range(n)])
+    m = RunMetrics.from_rows(
+        [
+            {"step": i, "loss": 1.0, "loss_scale": None, "skipped": False, "grad_norm": 0.1 * (i + 1), "time": float(i)}
+            for i in range(n)
+        ]
+    )
     fig = grad_norm_figure([("a", m)])
     assert fig.layout.yaxis.type == "log"
     assert list(fig.layout.yaxis.ticktext) == _log10_ticks(0.1, 1.0)[1]

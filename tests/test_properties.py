@@ -27,10 +27,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amp_core import train
-from amp_core.precision import InvalidPrecisionError, PrecisionResolution, lightning_precision_values, requested_precision_values, resolve_precision
-from amp_core.runs import RunRecordError, RunWriter, run_path
-from amp_core.train import ConfigError, RunConfig, _ArgumentError, config_from_args
+from amp_core.precision import (
+    InvalidPrecisionError,
+    PrecisionResolution,
+    lightning_precision_values,
+    requested_precision_values,
+    resolve_precision,
+)
+from amp_core.record import RunRecordError, RunWriter, run_path
+from amp_core.training import cli as train
+from amp_core.training.cli import ConfigError, RunConfig, _ArgumentError, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = 1000
@@ -48,12 +54,66 @@ HUGE = [10**400, -(10**400), 2**63, -(2**63) - 1, 2**64, 2**1024]
 HUGER = st.sampled_from([5000, -5000, 4301]).map(lambda n: 10**n if n > 0 else -(10**-n))
 SPECIAL_FLOATS = [math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308, -1e-300]
 ODD_TEXT = [
-    "", " ", "\n", "\t", "\x00", "\x00abc", "abc\n", "\r\n", "\u2028", "\x1c", "\u200b", "\ufeff",
-    "16-mixed\n", " 16-mixed", "16-MIXED", "ｂｆ16", "١٦", "²", "𝟏𝟔", "16\u200b", "é", "日本語", "🙂",
-    "../", "../../etc/passwd", "/etc/passwd", "C:\\Windows", "a/b", "..", ".", "~", "$HOME", "%s%n",
-    "<script>alert(1)</script>", "'; DROP TABLE runs; --", "nan", "NaN", "inf", "-inf", "1e400", "-1e400",
-    "0x10", "1_000", "0b11", "-0", "+5", " 7 ", "9" * 400, "9" * 5000, "1" * 100_000, "raise@10", "oom@٣",
-    "raise@²", "nan@-1", "nan@99999999999999999999", "true", "None", "null", "[]", "{}",
+    "",
+    " ",
+    "\n",
+    "\t",
+    "\x00",
+    "\x00abc",
+    "abc\n",
+    "\r\n",
+    "\u2028",
+    "\x1c",
+    "\u200b",
+    "\ufeff",
+    "16-mixed\n",
+    " 16-mixed",
+    "16-MIXED",
+    "ｂｆ16",
+    "١٦",
+    "²",
+    "𝟏𝟔",
+    "16\u200b",
+    "é",
+    "日本語",
+    "🙂",
+    "../",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "C:\\Windows",
+    "a/b",
+    "..",
+    ".",
+    "~",
+    "$HOME",
+    "%s%n",
+    "<script>alert(1)</script>",
+    "'; DROP TABLE runs; --",
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "1e400",
+    "-1e400",
+    "0x10",
+    "1_000",
+    "0b11",
+    "-0",
+    "+5",
+    " 7 ",
+    "9" * 400,
+    "9" * 5000,
+    "1" * 100_000,
+    "raise@10",
+    "oom@٣",
+    "raise@²",
+    "nan@-1",
+    "nan@99999999999999999999",
+    "true",
+    "None",
+    "null",
+    "[]",
+    "{}",
 ]
 
 
@@ -83,7 +143,9 @@ WEIRD = st.recursive(
     ),
     max_leaves=8,
 )
-ODD_STRINGS = st.one_of(st.sampled_from(ODD_TEXT), st.text(), st.text(alphabet=st.characters(codec="utf-8"), max_size=30))
+ODD_STRINGS = st.one_of(
+    st.sampled_from(ODD_TEXT), st.text(), st.text(alphabet=st.characters(codec="utf-8"), max_size=30)
+)
 
 
 def one_line(message: str) -> bool:
@@ -119,7 +181,9 @@ def test_resolver_answers_or_lists_the_allowed_values():
             counts["rejected"] += 1
             assert isinstance(e, ValueError)
             message = str(e)
-            assert "Allowed precision values" in message and "'16-mixed'" in message and "'bf16-mixed'" in message, message[:300]
+            assert "Allowed precision values" in message and "'16-mixed'" in message and "'bf16-mixed'" in message, (
+                message[:300]
+            )
             return
         counts["resolved"] += 1
         assert isinstance(r, PrecisionResolution)
@@ -201,9 +265,13 @@ def value_strategy(name: str) -> st.SearchStrategy:
     if name == "fault":
         return st.one_of(st.just(""), st.from_regex(r"(raise|oom|nan)@[0-9]{1,12}", fullmatch=True), ODD_STRINGS, WEIRD)
     if name == "compare_group":
-        return st.one_of(st.just(""), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,70}\n?", fullmatch=True), ODD_STRINGS, WEIRD)
+        return st.one_of(
+            st.just(""), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,70}\n?", fullmatch=True), ODD_STRINGS, WEIRD
+        )
     if name == "runs_dir":
-        return st.one_of(st.just(""), st.sampled_from(["made-by-validate", "sub/dir", "\x00", "a\x00b"]), ODD_STRINGS, WEIRD)
+        return st.one_of(
+            st.just(""), st.sampled_from(["made-by-validate", "sub/dir", "\x00", "a\x00b"]), ODD_STRINGS, WEIRD
+        )
     if field_kind(name) == "bool":
         return st.one_of(st.booleans(), st.sampled_from([0, 1, "true", "False", None]), WEIRD)
     return st.one_of(ODD_STRINGS, WEIRD)  # a field added later: at least hostile values
@@ -264,7 +332,11 @@ def assert_valid(c: RunConfig) -> None:
             assert getattr(c, name) in allowed, name
     assert c.precision in lightning_precision_values(include_aliases=False)
     steps = c.inject_overflow
-    assert type(steps) is tuple and all(type(x) is int and 0 <= x < c.max_steps for x in steps) and list(steps) == sorted(set(steps))
+    assert (
+        type(steps) is tuple
+        and all(type(x) is int and 0 <= x < c.max_steps for x in steps)
+        and list(steps) == sorted(set(steps))
+    )
     assert not steps or c.precision == "16-mixed"
     assert c.fault == "" or re.fullmatch(r"(raise|oom|nan)@[0-9]+", c.fault), c.fault
     if c.fault:
@@ -299,7 +371,9 @@ def test_run_config_validates_or_says_why_in_one_line(tmp_path, monkeypatch):
     report("RunConfig.validate", counts)
     assert counts["valid"] >= 50 and counts["ConfigError"] >= 50
     assert not (tmp_path / "runs").exists()
-    assert set(os.listdir(work)) <= {".hypothesis"}, os.listdir(work)  # validate made nothing (hypothesis may keep its database here)
+    assert set(os.listdir(work)) <= {".hypothesis"}, os.listdir(
+        work
+    )  # validate made nothing (hypothesis may keep its database here)
 
 
 # ---------------------------------------------------------------- the CLI
@@ -329,7 +403,20 @@ def cli_value(flag: str) -> st.SearchStrategy:
 
 @st.composite
 def argv_groups(draw) -> list[str]:
-    kind = draw(st.sampled_from(["flag=value", "flag value", "flag value", "switch", "switch=value", "missing value", "unknown", "positional"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "flag=value",
+                "flag value",
+                "flag value",
+                "switch",
+                "switch=value",
+                "missing value",
+                "unknown",
+                "positional",
+            ]
+        )
+    )
     if kind.startswith("flag"):
         flag = draw(st.sampled_from(VALUE_FLAGS))
         value = draw(cli_value(flag))
@@ -341,11 +428,17 @@ def argv_groups(draw) -> list[str]:
     if kind == "missing value":
         return [draw(st.sampled_from(VALUE_FLAGS))]
     if kind == "unknown":
-        return [draw(st.sampled_from(["--", "-", "---"])) + draw(st.text(min_size=0, max_size=12))] + draw(st.lists(ODD_STRINGS, max_size=1))
+        return [draw(st.sampled_from(["--", "-", "---"])) + draw(st.text(min_size=0, max_size=12))] + draw(
+            st.lists(ODD_STRINGS, max_size=1)
+        )
     return [draw(ODD_STRINGS)]
 
 
-ARGV = st.lists(argv_groups(), max_size=6).map(lambda groups: [t for g in groups for t in g]).filter(lambda argv: not any(is_help(t) for t in argv))
+ARGV = (
+    st.lists(argv_groups(), max_size=6)
+    .map(lambda groups: [t for g in groups for t in g])
+    .filter(lambda argv: not any(is_help(t) for t in argv))
+)
 
 
 def _subprocess_safe(argv: list[str]) -> bool:
@@ -403,7 +496,9 @@ def test_cli_arguments_give_a_config_or_one_line(tmp_path, monkeypatch):
     env = {**os.environ, "PYTHONPATH": str(REPO), "AMP_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1"}
 
     def cli(argv):
-        out = subprocess.run([sys.executable, "-m", "amp_core.train", *argv], cwd=work, env=env, capture_output=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-m", "amp_core.train", *argv], cwd=work, env=env, capture_output=True, timeout=300
+        )
         return argv, out.returncode, out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace")
 
     started = time.perf_counter()
@@ -412,9 +507,17 @@ def test_cli_arguments_give_a_config_or_one_line(tmp_path, monkeypatch):
     print(f"[hypothesis] subprocess part: {time.perf_counter() - started:.1f} s")
     for argv, rc, out, err in results:
         lines = [line for line in err.splitlines() if line.strip()]
-        assert rc == 2 and len(lines) == 1 and lines[0].startswith("amp_core.train: error: ") and "Traceback" not in err and out == "", (argv, rc, err[-2000:])
+        assert (
+            rc == 2
+            and len(lines) == 1
+            and lines[0].startswith("amp_core.train: error: ")
+            and "Traceback" not in err
+            and out == ""
+        ), (argv, rc, err[-2000:])
     assert not runs.exists() and set(os.listdir(work)) <= {".hypothesis"}
-    print(f"[hypothesis] python -m amp_core.train: {len(results)} invalid argvs as subprocesses, {len(keys)} kinds of error: all exit 2 with one line")
+    print(
+        f"[hypothesis] python -m amp_core.train: {len(results)} invalid argvs as subprocesses, {len(keys)} kinds of error: all exit 2 with one line"
+    )
     assert len(results) >= 20
 
 
@@ -435,18 +538,36 @@ def test_run_path_stays_inside_or_refuses(tmp_path):
     (runs / "loop-b").symlink_to(runs / "loop-a")
     (runs / "dangling").symlink_to(tmp_path / "nothing")
     root = runs.resolve()
-    named = [ok.id, "link-out", "link-in", "link-deep", "link-up", "loop", "loop-a", "dangling", "not-yet-there", "x" * 128, "x" * 129]
+    named = [
+        ok.id,
+        "link-out",
+        "link-in",
+        "link-deep",
+        "link-up",
+        "loop",
+        "loop-a",
+        "dangling",
+        "not-yet-there",
+        "x" * 128,
+        "x" * 129,
+    ]
     counts = Counter()
 
     @SETTINGS
-    @given(run_id=st.one_of(
-        st.sampled_from(named + ODD_TEXT + [str(outside), f"../{outside.name}", f"{ok.id}/..", f"{ok.id}/../../outside", "a/../b"]),
-        st.text(),
-        st.text(alphabet=st.characters(codec="utf-8")),
-        st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._/\\-]{0,140}\n?", fullmatch=True),
-        st.text(alphabet="./\\-_aZ09\x00", max_size=12),
-        WEIRD,
-    ))
+    @given(
+        run_id=st.one_of(
+            st.sampled_from(
+                named
+                + ODD_TEXT
+                + [str(outside), f"../{outside.name}", f"{ok.id}/..", f"{ok.id}/../../outside", "a/../b"]
+            ),
+            st.text(),
+            st.text(alphabet=st.characters(codec="utf-8")),
+            st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._/\\-]{0,140}\n?", fullmatch=True),
+            st.text(alphabet="./\\-_aZ09\x00", max_size=12),
+            WEIRD,
+        )
+    )
     def check(run_id):
         counts["tried"] += 1
         try:

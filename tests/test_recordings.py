@@ -1,4 +1,4 @@
-"""Recordings (amp_core.recordings): runs made here on the CPU by the real trainer, published into a
+"""Recordings (amp_core.record.recordings): runs made here on the CPU by the real trainer, published into a
 temporary recordings folder (never the repository's demo_runs/, which only GPU runs may enter).
 
 Listed apart from local runs, with their provenance read back; replayable like any run; comparable
@@ -17,8 +17,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amp_core import compare
-from amp_core.recordings import (
+from amp_core.analysis import compare
+from amp_core.record import (
+    METRICS_FILE,
+    RunFollower,
+    RunRecordError,
+    RunWriter,
+    list_runs,
+    load_histograms,
+    load_run,
+    request_stop,
+    summarize,
+)
+from amp_core.record.recordings import (
     PROVENANCE_FILE,
     RECORDINGS_DIR_ENV,
     REPO_RECORDINGS,
@@ -29,9 +40,8 @@ from amp_core.recordings import (
     publish,
     recording_path,
 )
-from amp_core.runs import HISTOGRAMS_FILE, METRICS_FILE, RunFollower, RunRecordError, RunWriter, list_runs, load_histograms, load_run, request_stop, summarize
-from amp_core.train import RunConfig, run
-from amp_core.worker import Launcher
+from amp_core.serve.worker import Launcher
+from amp_core.training.cli import RunConfig, run
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(accelerator="cpu", hidden=32, depth=2, batch_size=16, wandb="disabled")
@@ -44,10 +54,24 @@ def staged(tmp_path_factory) -> dict[str, Path]:
     overflow, and a two-run compare group. Tests publish copies of them."""
     staging = tmp_path_factory.mktemp("staging")
     out = {}
-    fp16 = dict(SMALL, precision="16-mixed", max_steps=40, init_scale=2.0**24, growth_interval=5, histogram_every=10, runs_dir=str(staging))
+    fp16 = dict(
+        SMALL,
+        precision="16-mixed",
+        max_steps=40,
+        init_scale=2.0**24,
+        growth_interval=5,
+        histogram_every=10,
+        runs_dir=str(staging),
+    )
     out["fp16"] = run(RunConfig(**fp16)).path
     out["injected"] = run(RunConfig(**{**fp16, "init_scale": 2.0**10, "inject_overflow": (20,)})).path
-    configs = compare.plan(["32-true", "bf16-mixed"], on_cuda=False, max_steps=compare.min_comparison_steps(), runs_dir=str(staging), **{k: v for k, v in SMALL.items() if k != "wandb"})
+    configs = compare.plan(
+        ["32-true", "bf16-mixed"],
+        on_cuda=False,
+        max_steps=compare.min_comparison_steps(),
+        runs_dir=str(staging),
+        **{k: v for k, v in SMALL.items() if k != "wandb"},
+    )
     out["compare"] = [run(c).path for c in configs]
     out["group"] = configs[0].compare_group
     return out
@@ -78,7 +102,9 @@ def test_a_published_run_is_a_recording_with_its_provenance(staged, recordings_d
     assert (dest / METRICS_FILE).read_bytes() == metrics_before, "publishing changes no byte of the record"
 
     (rec,) = list_recordings()
-    assert rec.recording and rec.problems == [] and rec.state == "completed" and recording_path(rec.id) == dest.resolve()
+    assert (
+        rec.recording and rec.problems == [] and rec.state == "completed" and recording_path(rec.id) == dest.resolve()
+    )
     with pytest.raises(RunRecordError):
         recording_path("../runs")
     p = rec.provenance
@@ -89,7 +115,11 @@ def test_a_published_run_is_a_recording_with_its_provenance(staged, recordings_d
     assert p["label"] == "fp16: a real backoff and a real growth" and p["injected_overflow_steps"] == []
     s = summarize(rec)
     assert s["recording"] is True and s["provenance"] == provenance_line(p)
-    assert f"torch {p['torch']}" in s["provenance"] and "Lightning" in s["provenance"] and "real backoff" in s["provenance"]
+    assert (
+        f"torch {p['torch']}" in s["provenance"]
+        and "Lightning" in s["provenance"]
+        and "real backoff" in s["provenance"]
+    )
 
 
 def test_local_runs_and_recordings_are_listed_apart(staged, recordings_dir, runs_dir, tmp_path):
@@ -137,7 +167,9 @@ def test_recordings_are_read_only(staged, recordings_dir, runs_dir, tmp_path):
 
 
 def test_an_injected_overflow_is_labelled_as_such(staged, recordings_dir, tmp_path):
-    rec = load_run(publish(copy_of(staged["injected"], tmp_path / "stage"), recordings_dir, "cmd", "fp16 demo", MACHINE))
+    rec = load_run(
+        publish(copy_of(staged["injected"], tmp_path / "stage"), recordings_dir, "cmd", "fp16 demo", MACHINE)
+    )
     assert rec.provenance["injected_overflow_steps"] == [20]
     assert rec.provenance["label"] == "fp16 demo (overflow injected at steps 20)"
     assert "overflow injected" in summarize(rec)["provenance"]
@@ -146,7 +178,13 @@ def test_an_injected_overflow_is_labelled_as_such(staged, recordings_dir, tmp_pa
 
 def test_a_compare_group_of_recordings_is_comparable(staged, recordings_dir, tmp_path):
     for path in staged["compare"]:
-        publish(copy_of(path, tmp_path / "stage"), recordings_dir, "python -m amp_core.compare --precisions 32-true,bf16-mixed", "compare", MACHINE)
+        publish(
+            copy_of(path, tmp_path / "stage"),
+            recordings_dir,
+            "python -m amp_core.compare --precisions 32-true,bf16-mixed",
+            "compare",
+            MACHINE,
+        )
     (group,) = compare.list_groups(recordings_dir)
     assert group["group"] == staged["group"] and group["variants"] == ["32-true", "bf16-mixed"]
     summary = compare.summarize_group(compare.group_runs(recordings_dir, staged["group"]))
@@ -185,19 +223,45 @@ def test_missing_or_damaged_provenance_is_a_problem_not_a_crash(staged, recordin
 
 def test_the_cli_publishes_and_lists(staged, recordings_dir, tmp_path):
     src = copy_of(staged["fp16"], tmp_path / "stage")
-    cli = [sys.executable, "-m", "amp_core.recordings"]
-    out = subprocess.run([*cli, "publish", "--into", str(recordings_dir), "--command", "python -m amp_core.train", "--label", "cli", str(src)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    cli = [sys.executable, "-m", "amp_core.record.recordings"]
+    out = subprocess.run(
+        [
+            *cli,
+            "publish",
+            "--into",
+            str(recordings_dir),
+            "--command",
+            "python -m amp_core.train",
+            "--label",
+            "cli",
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(recordings_dir / src.name)
     provenance = json.loads((recordings_dir / src.name / PROVENANCE_FILE).read_text())
-    assert provenance["command"] == "python -m amp_core.train" and provenance["label"] == "cli" and provenance["cuda"] is None
+    assert (
+        provenance["command"] == "python -m amp_core.train"
+        and provenance["label"] == "cli"
+        and provenance["cuda"] is None
+    )
     listed = subprocess.run([*cli, "list", str(recordings_dir)], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert listed.returncode == 0 and src.name in listed.stdout and "cli" in listed.stdout
-    bad = subprocess.run([*cli, "publish", "--into", str(recordings_dir), "--command", "c", str(tmp_path / "nothing")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    bad = subprocess.run(
+        [*cli, "publish", "--into", str(recordings_dir), "--command", "c", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "not a run folder" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_reading_recordings_imports_no_torch():
-    code = "import sys, amp_core.recordings, amp_core.runs; amp_core.recordings.list_recordings(); print('torch' in sys.modules)"
+    code = "import sys, amp_core.record.recordings, amp_core.record; amp_core.record.recordings.list_recordings(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

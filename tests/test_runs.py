@@ -1,4 +1,4 @@
-"""The run record (amp_core.runs): pure file handling, no torch, no Lightning, no training."""
+"""The run record (amp_core.record): pure file handling, no torch, no Lightning, no training."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amp_core.runs import (
+from amp_core.record import (
     CONFIG_FILE,
     METRIC_COLUMNS,
     METRICS_FILE,
@@ -38,11 +38,23 @@ from tests.support.processes import dead_pid
 
 
 def row(step: int, scale: float | None = 1024.0, skipped: bool = False, loss: float | None = 2.0) -> dict:
-    return {"step": step, "loss": loss, "loss_scale": scale, "skipped": skipped, "grad_norm": 0.5, "growth_tracker": 0 if skipped else 1, "time": 1.0}
+    return {
+        "step": step,
+        "loss": loss,
+        "loss_scale": scale,
+        "skipped": skipped,
+        "grad_norm": 0.5,
+        "growth_tracker": 0 if skipped else 1,
+        "time": 1.0,
+    }
 
 
-def make_run(runs_dir, config=None, status="completed", rows=(), created_at="2024-01-01T00:00:00.000+00:00", label="run") -> RunWriter:
-    writer = RunWriter.create(runs_dir, {"precision": "16-mixed", "created_at": created_at, **(config or {})}, label=label)
+def make_run(
+    runs_dir, config=None, status="completed", rows=(), created_at="2024-01-01T00:00:00.000+00:00", label="run"
+) -> RunWriter:
+    writer = RunWriter.create(
+        runs_dir, {"precision": "16-mixed", "created_at": created_at, **(config or {})}, label=label
+    )
     if status is not None:
         writer.set_status(status, created_at=created_at)
     writer.append_metrics(list(rows))
@@ -79,7 +91,12 @@ def test_status_updates_merge_and_warnings_are_deduplicated(tmp_path):
     w.add_warning("careful")
     w.set_status("completed", ended_at="e")
     status = json.loads((w.path / STATUS_FILE).read_text())
-    assert status["state"] == "completed" and status["pid"] == 1 and status["started_at"] == "s" and status["ended_at"] == "e"
+    assert (
+        status["state"] == "completed"
+        and status["pid"] == 1
+        and status["started_at"] == "s"
+        and status["ended_at"] == "e"
+    )
     assert status["warnings"] == ["careful"]
     reopened = RunWriter.open(w.path)
     reopened.set_status("stopped")
@@ -90,7 +107,12 @@ def test_status_updates_merge_and_warnings_are_deduplicated(tmp_path):
 def test_update_config_keeps_existing_fields(tmp_path):
     w = RunWriter.create(tmp_path, {"precision": "16-mixed"})
     w.update_config(precision_resolved="16-mixed", grad_scaler=True)
-    assert json.loads((w.path / CONFIG_FILE).read_text()) == {"id": w.id, "precision": "16-mixed", "precision_resolved": "16-mixed", "grad_scaler": True}
+    assert json.loads((w.path / CONFIG_FILE).read_text()) == {
+        "id": w.id,
+        "precision": "16-mixed",
+        "precision_resolved": "16-mixed",
+        "grad_scaler": True,
+    }
 
 
 def test_append_metrics_writes_whole_lines_and_nonfinite_is_not_json(tmp_path):
@@ -141,7 +163,9 @@ def test_stop_request_round_trip(tmp_path):
 
 def test_load_run_reads_a_complete_record(tmp_path):
     rows = [row(0, 65536.0, True, 2.5), row(1, 32768.0, False, 2.4), {**row(2, None, False, None), "grad_norm": None}]
-    w = make_run(tmp_path, rows=rows, config={"precision_resolved": "16-mixed", "max_steps": 3, "accelerator_resolved": "cpu"})
+    w = make_run(
+        tmp_path, rows=rows, config={"precision_resolved": "16-mixed", "max_steps": 3, "accelerator_resolved": "cpu"}
+    )
     run = load_run(w.path)
     assert run.problems == [] and run.partial_tail is False
     assert run.id == w.id and run.state == "completed" and run.precision == "16-mixed" and run.max_steps == 3
@@ -215,7 +239,9 @@ def test_damaged_records_are_reported_not_raised(tmp_path):
     truncated = make_run(tmp_path, label="truncated")
     (truncated.path / METRICS_FILE).write_text("\n".join(good) + '\n{"step": 2, "lo')
     invalid = make_run(tmp_path, label="invalid")
-    (invalid.path / METRICS_FILE).write_text(good[0] + "\nnot json at all\n" + good[1] + '\n["a list"]\n{"no_step": 1}\n')
+    (invalid.path / METRICS_FILE).write_text(
+        good[0] + "\nnot json at all\n" + good[1] + '\n["a list"]\n{"no_step": 1}\n'
+    )
     no_status = make_run(tmp_path, status=None, label="nostatus")
     (no_status.path / METRICS_FILE).write_text(good[0] + "\n")
     non_object = make_run(tmp_path, label="nonobject")
@@ -277,7 +303,9 @@ def test_a_running_record_whose_process_died_is_failed(tmp_path):
     assert process_alive(pid) is False
     assert effective_state({"state": "running", "pid": pid}) == "failed"
     assert effective_state({"state": "running", "pid": os.getpid()}) == "running"
-    assert effective_state({"state": "running", "pid": pid, "host": "some-other-host.invalid"}) == "running"  # cannot tell
+    assert (
+        effective_state({"state": "running", "pid": pid, "host": "some-other-host.invalid"}) == "running"
+    )  # cannot tell
     assert effective_state({"state": "running"}) == "running"
     assert effective_state({"state": "completed", "pid": pid}) == "completed"  # only 'running' is second-guessed
     assert effective_state({}) == "unknown" and effective_state({"state": 3}) == "unknown"
@@ -292,7 +320,12 @@ def test_a_running_record_whose_process_died_is_failed(tmp_path):
 
 def test_process_alive_cannot_tell_for_junk_pids():
     assert process_alive(os.getpid()) is True
-    assert process_alive("123") is None and process_alive(0) is None and process_alive(-5) is None and process_alive(None) is None
+    assert (
+        process_alive("123") is None
+        and process_alive(0) is None
+        and process_alive(-5) is None
+        and process_alive(None) is None
+    )
 
 
 def test_a_zombie_is_not_alive():
@@ -413,7 +446,9 @@ def test_change_points_drawn_as_a_step_function_reproduce_every_point(values, ga
 # ---------------------------------------------------------------- run_path
 
 
-@pytest.mark.parametrize("bad", ["../x", "..", ".", "", "/etc", "/tmp/x", "a/b", "a/../b", "-leading-dash", "x" * 200, "spa ce", None, 5])
+@pytest.mark.parametrize(
+    "bad", ["../x", "..", ".", "", "/etc", "/tmp/x", "a/b", "a/../b", "-leading-dash", "x" * 200, "spa ce", None, 5]
+)
 def test_run_path_refuses_ids_that_are_not_run_ids(tmp_path, bad):
     with pytest.raises(RunRecordError):
         run_path(tmp_path, bad)

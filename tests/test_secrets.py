@@ -23,8 +23,8 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from amp_core import worker
-from amp_core.runs import FINAL_STATES, list_runs, load_run
+from amp_core.record import FINAL_STATES, list_runs, load_run
+from amp_core.serve import worker
 from tests.support.processes import kill_recorded_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,19 +71,42 @@ def test_api_key_is_never_written_by_a_cli_run(tmp_path):
     home, wandb_dir, runs = tmp_path / "home", tmp_path / "wandb-dir", tmp_path / "runs"
     home.mkdir(), wandb_dir.mkdir()
     env = {
-        **os.environ, "PYTHONPATH": str(REPO), "WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "offline", "HOME": str(home),
-        "WANDB_DIR": str(wandb_dir), "AMP_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1",
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "WANDB_API_KEY": FAKE_KEY,
+        "WANDB_MODE": "offline",
+        "HOME": str(home),
+        "WANDB_DIR": str(wandb_dir),
+        "AMP_RUNS_DIR": str(runs),
+        "OMP_NUM_THREADS": "1",
         "WANDB_BASE_URL": "http://127.0.0.1:9",  # should anything try the network, it reaches nothing
     }
     out = subprocess.run(
-        [sys.executable, "-m", "amp_core.train", "--wandb", "offline", "--max-steps", "20", "--hidden", "32", "--batch-size", "16"],
-        cwd=REPO, env=env, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "amp_core.train",
+            "--wandb",
+            "offline",
+            "--max-steps",
+            "20",
+            "--hidden",
+            "32",
+            "--batch-size",
+            "16",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     (record,) = list_runs(runs)
     assert record.state == "completed" and len(record.metrics) == 20
     offline = list((record.path / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1 and any(offline[0].glob("*.wandb")), "W&B did not write its offline run: nothing was checked"
+    assert len(offline) == 1 and any(offline[0].glob("*.wandb")), (
+        "W&B did not write its offline run: nothing was checked"
+    )
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) >= 8, written
     assert files_holding_the_key(tmp_path) == []  # the run folder, W&B's files in it, W&B's logs under HOME
@@ -146,7 +169,9 @@ def test_api_key_is_never_shown_or_written_by_the_app(app_env, tmp_path):
         time.sleep(0.3)
     run = load_run(run.path)
     assert run.state == "completed" and len(run.metrics) == 25
-    assert any((run.path / "wandb").glob("offline-run-*/*.wandb")), "W&B did not write its offline run: nothing was checked"
+    assert any((run.path / "wandb").glob("offline-run-*/*.wandb")), (
+        "W&B did not write its offline run: nothing was checked"
+    )
     at.run()
     texts = {"pages/2_Train.py (with the run)": rendered_text(at)}
 
@@ -181,7 +206,11 @@ FORBIDDEN = {
 
 
 def forbidden_uses(source: str) -> list[str]:
-    return [f"line {source.count(chr(10), 0, m.start()) + 1}: {what}: {m.group(0)!r}" for what, rx in FORBIDDEN.items() for m in rx.finditer(source)]
+    return [
+        f"line {source.count(chr(10), 0, m.start()) + 1}: {what}: {m.group(0)!r}"
+        for what, rx in FORBIDDEN.items()
+        for m in rx.finditer(source)
+    ]
 
 
 def test_the_scanner_finds_what_it_looks_for():
@@ -192,7 +221,12 @@ def test_the_scanner_finds_what_it_looks_for():
 
 
 def test_no_pickle_or_torch_load_anywhere_in_the_app_or_engine():
-    files = [*sorted((REPO / "amp_core").rglob("*.py")), *sorted((REPO / "pages").glob("*.py")), REPO / "app.py", REPO / "ui_common.py"]
+    files = [
+        *sorted((REPO / "amp_core").rglob("*.py")),
+        *sorted((REPO / "pages").glob("*.py")),
+        REPO / "app.py",
+        REPO / "ui_common.py",
+    ]
     assert len(files) >= 10
     found = {str(f.relative_to(REPO)): hits for f in files if (hits := forbidden_uses(f.read_text(encoding="utf-8")))}
     assert found == {}

@@ -10,13 +10,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from amp_core.advice import advise
-from amp_core.callbacks import AmpWandbCallback, InjectOverflow, LossScaleMonitor, get_loss_scale
-from amp_core.model import DemoMLP, synthetic_loader
-from amp_core.record_logger import RunRecordLogger
-from amp_core.runs import SKIPS_FILE, RunWriter, load_run, load_skips
-from amp_core.skip_ledger import scheduler_steps_on_skipped, skip_hover, skipped_rows
-from amp_core.train import RunConfig, build_precision, run
+from amp_core.analysis.advice import advise
+from amp_core.record import SKIPS_FILE, RunWriter, load_run, load_skips
+from amp_core.record.skips import scheduler_steps_on_skipped, skip_hover, skipped_rows
+from amp_core.training.callbacks import AmpWandbCallback, InjectOverflow, LossScaleMonitor, get_loss_scale
+from amp_core.training.cli import RunConfig, build_precision, run
+from amp_core.training.model import DemoMLP, synthetic_loader
+from amp_core.training.record_logger import RunRecordLogger
 from tests.support.cuda import sync_checked
 
 SMALL = dict(hidden=32, depth=2)
@@ -41,16 +41,35 @@ def fit(tmp_path, model, callbacks, steps=8, accelerator="cpu", monitor=None):
     config = RunConfig(precision="16-mixed", accelerator=accelerator).validate()
     kwargs, _ = build_precision(config, accelerator)
     writer = RunWriter.create(tmp_path, {"precision": "16-mixed", "init_scale": config.init_scale})
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=steps, logger=[RunRecordLogger(writer)],
-                         callbacks=[monitor or LossScaleMonitor(), *callbacks], enable_checkpointing=False, log_every_n_steps=1,
-                         enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=steps,
+        logger=[RunRecordLogger(writer)],
+        callbacks=[monitor or LossScaleMonitor(), *callbacks],
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
     trainer.fit(model, synthetic_loader(16, batches=steps))
     writer.close()
     return trainer, load_run(writer.path)
 
 
 def test_injected_overflow_is_recorded_with_the_parameter_the_injector_touched(tmp_path):
-    writer = run(RunConfig(precision="16-mixed", max_steps=8, batch_size=16, inject_overflow=(2, 5), wandb="disabled", runs_dir=str(tmp_path), **SMALL))
+    writer = run(
+        RunConfig(
+            precision="16-mixed",
+            max_steps=8,
+            batch_size=16,
+            inject_overflow=(2, 5),
+            wandb="disabled",
+            runs_dir=str(tmp_path),
+            **SMALL,
+        )
+    )
     r = load_run(writer.path)
     rows = {row["step"]: row for row in skipped_rows(r)}
     # InjectOverflow writes into the first parameter that has a gradient: in DemoMLP, the first one it names
@@ -61,7 +80,9 @@ def test_injected_overflow_is_recorded_with_the_parameter_the_injector_touched(t
     steps, texts = skip_hover(r)
     assert list(steps) == sorted(rows) and f"inf in {touched}" in texts[list(steps).index(2)]
     assert not scheduler_steps_on_skipped(r)
-    assert not any("One layer" in a.finding or "LR scheduler" in a.finding for a in advise(r))  # injected skips are not the model's
+    assert not any(
+        "One layer" in a.finding or "LR scheduler" in a.finding for a in advise(r)
+    )  # injected skips are not the model's
 
 
 def test_a_nan_in_one_layer_is_recorded_as_nan_in_that_layer(tmp_path):
@@ -155,8 +176,14 @@ def test_cuda_ledger_adds_no_host_sync(tmp_path):
     for name in ("on_train_start", "on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"):
         setattr(monitor, name, sync_checked(getattr(monitor, name)))
     try:
-        _, r = fit(tmp_path, DemoMLP(**SMALL), [PutIntoGrad(["net.2.weight"], [3], float("nan")), InjectOverflow([7])],
-                   steps=30, accelerator="gpu", monitor=monitor)
+        _, r = fit(
+            tmp_path,
+            DemoMLP(**SMALL),
+            [PutIntoGrad(["net.2.weight"], [3], float("nan")), InjectOverflow([7])],
+            steps=30,
+            accelerator="gpu",
+            monitor=monitor,
+        )
     finally:
         torch.cuda.set_sync_debug_mode("default")
     rows = {row["step"]: row for row in skipped_rows(r)}

@@ -20,21 +20,34 @@ import numpy as np
 import pytest
 import torch
 
-import amp_core.model
-from amp_core.model import DemoMLP
-from amp_core.runs import RunFollower, RunWriter, list_runs, load_run, request_stop, stop_requested, summarize
-from amp_core.train import ConfigError, RunConfig, main, run
+import amp_core.training.model
+from amp_core.record import RunFollower, RunWriter, list_runs, load_run, request_stop, stop_requested, summarize
+from amp_core.training.cli import ConfigError, RunConfig, main, run
+from amp_core.training.model import DemoMLP
 from tests.support.processes import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 HUGE = 1099511627776  # 2**40: the first fp16 steps overflow
 GROWTH_INTERVAL = 10
 PREFIX = "amp_core.train: error:"
-SMALL = ["--hidden", "32", "--batch-size", "16", "--accelerator", "cpu"]  # a fast model for runs that are not about the scale
+SMALL = [
+    "--hidden",
+    "32",
+    "--batch-size",
+    "16",
+    "--accelerator",
+    "cpu",
+]  # a fast model for runs that are not about the scale
 
 
 def cli_env(runs_dir: Path, **extra: str) -> dict:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "AMP_RUNS_DIR": str(runs_dir), "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "AMP_RUNS_DIR": str(runs_dir),
+        "PYTHONPATH": str(REPO),
+    }
     env.pop("WANDB_API_KEY", None)
     env.update(extra)
     return env
@@ -101,7 +114,19 @@ def cli(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     (base / "file").write_text("a regular file")
     jobs = {
-        "fp16": ["--precision", "16-mixed", "--init-scale", str(HUGE), "--growth-interval", str(GROWTH_INTERVAL), "--max-steps", "60", "--wandb", "offline", *SMALL],  # CPU even where CUDA is
+        "fp16": [
+            "--precision",
+            "16-mixed",
+            "--init-scale",
+            str(HUGE),
+            "--growth-interval",
+            str(GROWTH_INTERVAL),
+            "--max-steps",
+            "60",
+            "--wandb",
+            "offline",
+            *SMALL,
+        ],  # CPU even where CUDA is
         "bf16": ["--precision", "bf16", "--max-steps", "12", "--wandb", "disabled", *SMALL],
         "bad-precision": ["--precision", "17"],
         "runs-dir-under-file": ["--runs-dir", str(base / "file" / "runs")],
@@ -139,7 +164,9 @@ def test_cli_fp16_run_records_real_backoffs(cli):
     check_scaler_rules(scale, skipped, tracker, float(HUGE), GROWTH_INTERVAL)
     assert (np.diff(scale) > 0).any(), "growth after growth-interval clean steps"
     assert all(r["grad_norm"] is None for r, s in zip(rows, skipped) if s)  # inf/NaN is stored as null
-    assert all(r["grad_norm"] is not None and 0 < r["grad_norm"] < 100 for r, s in zip(rows, skipped) if not s)  # unscaled
+    assert all(
+        r["grad_norm"] is not None and 0 < r["grad_norm"] < 100 for r, s in zip(rows, skipped) if not s
+    )  # unscaled
     assert run.skipped_steps == skipped.sum() and f"{skipped.sum()} skipped" in out
     assert run.final_loss_scale == scale[-1]
 
@@ -149,8 +176,12 @@ def test_cli_fp16_run_records_real_backoffs(cli):
     assert c["grad_scaler"] is True and c["autocast_dtype"] == "float16" and c["precision_plugin"] == "MixedPrecision"
     assert c["init_scale"] == HUGE and c["growth_interval"] == GROWTH_INTERVAL and c["max_steps"] == 60
     assert c["accelerator_resolved"] == "cpu" and c["runs_dir"] == str(runs_dir)
-    assert c["hardware"]["cuda"] is torch.cuda.is_available() and c["hardware"]["cpu_count"] >= 1 and c["hardware"]["host"]
-    assert c["versions"]["torch"] == torch.__version__ and {"python", "pytorch-lightning", "wandb", "numpy"} <= set(c["versions"])
+    assert (
+        c["hardware"]["cuda"] is torch.cuda.is_available() and c["hardware"]["cpu_count"] >= 1 and c["hardware"]["host"]
+    )
+    assert c["versions"]["torch"] == torch.__version__ and {"python", "pytorch-lightning", "wandb", "numpy"} <= set(
+        c["versions"]
+    )
     check_ended(run.status, "completed")
     assert run.status["pid"] == pid and run.status["global_step"] == 60
     assert "warnings" not in run.status, run.status.get("warnings")
@@ -278,7 +309,14 @@ def test_run_config_validate_normalises_and_refuses():
     assert RunConfig(precision="16").validate().precision == "16-mixed"
     c = RunConfig(max_steps=5.0, init_scale=1024).validate()
     assert c.max_steps == 5 and isinstance(c.max_steps, int) and isinstance(c.init_scale, float)
-    for bad in ({"max_steps": True}, {"max_steps": "5"}, {"lr": float("nan")}, {"depth": 0}, {"seed": -1}, {"backoff_factor": 1}):
+    for bad in (
+        {"max_steps": True},
+        {"max_steps": "5"},
+        {"lr": float("nan")},
+        {"depth": 0},
+        {"seed": -1},
+        {"backoff_factor": 1},
+    ):
         with pytest.raises(ConfigError):
             RunConfig(**bad).validate()
 
@@ -287,7 +325,17 @@ def test_run_config_validate_normalises_and_refuses():
 
 
 def small_config(runs_dir, **kw) -> RunConfig:
-    return RunConfig(**{"hidden": 32, "batch_size": 16, "max_steps": 10, "accelerator": "cpu", "wandb": "disabled", "runs_dir": str(runs_dir), **kw})
+    return RunConfig(
+        **{
+            "hidden": 32,
+            "batch_size": 16,
+            "max_steps": 10,
+            "accelerator": "cpu",
+            "wandb": "disabled",
+            "runs_dir": str(runs_dir),
+            **kw,
+        }
+    )
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
@@ -310,7 +358,11 @@ def test_in_process_fp16_into_a_queued_record(runs_dir):
     assert run(config, writer) is writer
     r = load_run(writer.path)
     assert r.state == "completed" and r.id == writer.id
-    assert r.config["label"] == "from the queue" and r.config["precision"] == "16-mixed" and r.config["grad_scaler"] is True
+    assert (
+        r.config["label"] == "from the queue"
+        and r.config["precision"] == "16-mixed"
+        and r.config["grad_scaler"] is True
+    )
     assert r.status["created_at"] == "2024-01-01T00:00:00.000+00:00"
     check_scaler_rules(r.metrics.loss_scale, r.metrics.skipped.astype(bool), r.metrics.growth_tracker, 2.0**30, 3)
     assert r.skipped_steps >= 1
@@ -330,7 +382,9 @@ def test_stop_request_stops_an_in_process_run(runs_dir):
     wait_until(lambda: list_runs(runs_dir) or not thread.is_alive(), what="the run folder")
     path = list_runs(runs_dir)[0].path
     follower = RunFollower(path)
-    wait_until(lambda: follower.poll() is not None and len(follower.metrics) >= 20 or not thread.is_alive(), what="20 steps")
+    wait_until(
+        lambda: follower.poll() is not None and len(follower.metrics) >= 20 or not thread.is_alive(), what="20 steps"
+    )
     assert thread.is_alive() and errors == [], f"the run ended early: {errors!r}, {load_run(path).status}"
     assert follower.state == "running"
     request_stop(path)
@@ -349,7 +403,13 @@ def test_sigterm_stops_a_cli_run(tmp_path):
     runs_dir = tmp_path / "runs"
     proc = start_cli(["--precision", "32-true", "--max-steps", "100000", "--wandb", "disabled", *SMALL], runs_dir)
     try:
-        wait_until(lambda: proc.poll() is not None or (list_runs(runs_dir) and len(load_run(list_runs(runs_dir)[0].path).metrics) >= 10), what="10 steps")
+        wait_until(
+            lambda: (
+                proc.poll() is not None
+                or (list_runs(runs_dir) and len(load_run(list_runs(runs_dir)[0].path).metrics) >= 10)
+            ),
+            what="10 steps",
+        )
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
@@ -376,7 +436,9 @@ class FailingMLP(DemoMLP):
 
 
 def test_a_failing_training_step_is_recorded_as_failed(runs_dir, monkeypatch):
-    monkeypatch.setattr(amp_core.model, "DemoMLP", FailingMLP)  # run() imports DemoMLP from amp_core.model
+    monkeypatch.setattr(
+        amp_core.training.model, "DemoMLP", FailingMLP
+    )  # run() imports DemoMLP from amp_core.training.model
     with pytest.raises(RuntimeError, match="injected failure"):
         run(small_config(runs_dir, precision="16-mixed", init_scale=2.0**10, max_steps=50))
     r = only_run(runs_dir)
@@ -390,7 +452,7 @@ def test_a_failing_training_step_is_recorded_as_failed(runs_dir, monkeypatch):
 
 
 def test_a_failing_run_exits_1_from_main(runs_dir, monkeypatch, capsys):
-    monkeypatch.setattr(amp_core.model, "DemoMLP", FailingMLP)
+    monkeypatch.setattr(amp_core.training.model, "DemoMLP", FailingMLP)
     assert main(["--max-steps", "20", "--wandb", "disabled", *SMALL]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "amp_core.train: the run failed: RuntimeError: injected failure at step 7"

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from amp_core import config as cfg
-from amp_core.config import RULES, ConfigError, RunConfig, widget_bounds, workload_settings
-from amp_core.train import config_from_args, parser
-from amp_core.workloads import WORKLOADS, workload_of
-
 from test_train import cli_env, metrics_lines, only_run, start_cli
+
+from amp_core.training import config as cfg
+from amp_core.training.cli import config_from_args, parser
+from amp_core.training.config import RULES, ConfigError, RunConfig, widget_bounds, workload_settings
+from amp_core.training.workloads import WORKLOADS, workload_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,9 +28,31 @@ def cli_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("workloads")
     jobs = {
         "mlp": ["--workload", "mlp", "--hidden", "32", "--batch-size", "16"],
-        "gpt": ["--workload", "gpt", "--layers", "1", "--heads", "2", "--width", "32", "--context", "16", "--batch-size", "8", "--histogram-every", "5"],
+        "gpt": [
+            "--workload",
+            "gpt",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--width",
+            "32",
+            "--context",
+            "16",
+            "--batch-size",
+            "8",
+            "--histogram-every",
+            "5",
+        ],
     }
-    procs = {name: start_cli([*args, "--max-steps", "15", "--accelerator", "cpu", "--wandb", "disabled"], base / name, OMP_NUM_THREADS="1") for name, args in jobs.items()}
+    procs = {
+        name: start_cli(
+            [*args, "--max-steps", "15", "--accelerator", "cpu", "--wandb", "disabled"],
+            base / name,
+            OMP_NUM_THREADS="1",
+        )
+        for name, args in jobs.items()
+    }
     return {name: (*p.communicate(timeout=600), p.returncode, base / name) for name, p in procs.items()}
 
 
@@ -51,15 +72,19 @@ def test_each_workload_trains_through_the_cli(cli_runs, name):
 
 
 def test_gpt_record_notes_its_corpus_and_learns(cli_runs):
-    from amp_core.workloads.corpus import stdlib_corpus
+    from amp_core.training.workloads.corpus import stdlib_corpus
 
     r = only_run(cli_runs["gpt"][3])
     assert r.config["workload_settings"] == {"layers": 1, "heads": 2, "width": 32, "context": 16}
     corpus = r.config["corpus"]
     expected = stdlib_corpus()
-    assert corpus["sha256"] == expected.sha256 and corpus["characters"] == len(expected.text) and corpus["files"] == len(expected.files)
+    assert (
+        corpus["sha256"] == expected.sha256
+        and corpus["characters"] == len(expected.text)
+        and corpus["files"] == len(expected.files)
+    )
     assert corpus["train_characters"] + corpus["held_out_characters"] == corpus["characters"]
-    assert r.config["model_class"] == "amp_core.workloads.gpt.CharGPT"
+    assert r.config["model_class"] == "amp_core.training.workloads.gpt.CharGPT"
     loss = r.metrics.loss
     assert abs(loss[0] - np.log(corpus["vocab_size"])) < 0.5, "GPT-2's init starts near a uniform guess"
     assert loss[-3:].mean() < loss[:3].mean()
@@ -67,14 +92,18 @@ def test_gpt_record_notes_its_corpus_and_learns(cli_runs):
 
 
 def test_records_without_a_workload_read_as_mlp():
-    assert workload_of({}) == "mlp" and workload_of({"workload": None}) == "mlp" and workload_of({"workload": "gpt"}) == "gpt"
+    assert (
+        workload_of({}) == "mlp"
+        and workload_of({"workload": None}) == "mlp"
+        and workload_of({"workload": "gpt"}) == "gpt"
+    )
 
 
 # ---------------------------------------------------------------- gpt: model and data
 
 
 def test_gpt_is_causal_tied_and_counts_its_flops():
-    from amp_core.workloads.gpt import CharGPT
+    from amp_core.training.workloads.gpt import CharGPT
 
     torch.manual_seed(0)
     m = CharGPT(vocab_size=50, layers=2, heads=4, width=32, context=16).eval()
@@ -92,7 +121,7 @@ def test_gpt_is_causal_tied_and_counts_its_flops():
 
 
 def test_gpt_data_is_the_stdlib_split_by_seed():
-    from amp_core.workloads.corpus import split, stdlib_corpus, window_loader
+    from amp_core.training.workloads.corpus import split, stdlib_corpus, window_loader
 
     corpus = stdlib_corpus()
     assert list(corpus.files) == sorted(corpus.files) and corpus.files[0].endswith(".py")
@@ -119,7 +148,11 @@ def test_every_field_has_one_rule_and_one_flag_with_help():
     for name in workload_settings("gpt"):
         assert "[gpt]" in actions[name].help
     assert set(workload_settings("gpt")) == {"layers", "heads", "width", "context"}
-    assert set(workload_settings("mlp")) == {"hidden", "depth"} and set(workload_settings("user")) == {"model", "data", "path"}
+    assert set(workload_settings("mlp")) == {"hidden", "depth"} and set(workload_settings("user")) == {
+        "model",
+        "data",
+        "path",
+    }
 
 
 @pytest.mark.parametrize("name", [n for n, r in RULES.items() if r.kind in ("int", "float")])
@@ -140,7 +173,11 @@ def test_widget_bounds_are_what_validation_accepts(name):
 def test_choices_come_from_the_table():
     assert widget_bounds("workload")["options"] == list(WORKLOADS)
     assert widget_bounds("accelerator")["options"] == list(cfg.ACCELERATORS)
-    assert widget_bounds("batch_size", "gpt")["value"] == WORKLOADS["gpt"].defaults["batch_size"] != widget_bounds("batch_size")["value"]
+    assert (
+        widget_bounds("batch_size", "gpt")["value"]
+        == WORKLOADS["gpt"].defaults["batch_size"]
+        != widget_bounds("batch_size")["value"]
+    )
     assert config_from_args(["--workload", "gpt"]).batch_size == widget_bounds("batch_size", "gpt")["value"]
     assert config_from_args(["--workload", "gpt", "--batch-size", "3"]).batch_size == 3
     assert config_from_args(["--model", "m:Net"]).workload == "user"
@@ -150,33 +187,72 @@ def test_choices_come_from_the_table():
 
 def test_what_the_server_imports_stays_light():
     """The page side (config, workloads registry, the train CLI module) imports neither torch nor Lightning."""
-    code = "import sys, amp_core.config, amp_core.workloads, amp_core.train; print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(REPO / "runs"), capture_output=True, text=True, timeout=120)
+    code = "import sys, amp_core.training.config, amp_core.training.workloads, amp_core.train; print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=cli_env(REPO / "runs"), capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.replace("'", '"')) == []
 
 
 def test_compare_passes_the_workload_through(tmp_path):
-    from amp_core.compare import group_runs
+    from amp_core.analysis.compare import group_runs
 
     runs_dir = tmp_path / "runs"
-    args = ["--workload", "gpt", "--layers", "1", "--heads", "2", "--width", "32", "--context", "16", "--batch-size", "4", "--precisions", "32-true", "--max-steps", "17", "--accelerator", "cpu"]
-    out = subprocess.run([sys.executable, "-m", "amp_core.compare", *args, "--runs-dir", str(runs_dir)], cwd=REPO, env=cli_env(runs_dir, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    args = [
+        "--workload",
+        "gpt",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--width",
+        "32",
+        "--context",
+        "16",
+        "--batch-size",
+        "4",
+        "--precisions",
+        "32-true",
+        "--max-steps",
+        "17",
+        "--accelerator",
+        "cpu",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "amp_core.compare", *args, "--runs-dir", str(runs_dir)],
+        cwd=REPO,
+        env=cli_env(runs_dir, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     (run,) = group_runs(runs_dir, summary["group"])
-    assert run.config["workload"] == "gpt" and run.config["workload_settings"] == {"layers": 1, "heads": 2, "width": 32, "context": 16}
+    assert run.config["workload"] == "gpt" and run.config["workload_settings"] == {
+        "layers": 1,
+        "heads": 2,
+        "width": 32,
+        "context": 16,
+    }
     assert run.status["steps_per_s"] > 0 and summary["rows"][0]["state"] == "completed"
 
 
 def test_the_scaler_expectation_follows_the_gradscaler_rule():
-    from amp_core.advice import scaler_expectation
+    from amp_core.analysis.advice import scaler_expectation
 
     def said(**c):
-        return scaler_expectation({"precision": "16-mixed", "max_steps": 300, "init_scale": 2.0**24, "growth_interval": 50, **c})
+        return scaler_expectation(
+            {"precision": "16-mixed", "max_steps": 300, "init_scale": 2.0**24, "growth_interval": 50, **c}
+        )
 
     torch_defaults = said(init_scale=2.0**16, growth_interval=2000)
-    assert torch_defaults.startswith("With growth interval 2000") and "within 300 steps it cannot grow" in torch_defaults and "2^16" in torch_defaults
+    assert (
+        torch_defaults.startswith("With growth interval 2000")
+        and "within 300 steps it cannot grow" in torch_defaults
+        and "2^16" in torch_defaults
+    )
     assert "at most 6 times in 300 steps" in said()
     assert "at most 1 time in 60 steps" in said(max_steps=60)
     assert scaler_expectation({"precision": "bf16-mixed", "max_steps": 300}) is None

@@ -9,7 +9,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from amp_core import worker
+from amp_core.serve import worker
 from tests.support.interaction import report_lines
 from tests.support.processes import kill_recorded_processes
 

@@ -7,29 +7,27 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from amp_core import worker
-from amp_core.runs import change_points, list_runs, load_run
-from amp_core.train import RunConfig, run
+from amp_core.record import change_points, list_runs, load_run
+from amp_core.serve import worker
+from amp_core.training.cli import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120
-
-
 
 
 def page(name: str) -> AppTest:
     return AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT)
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def recorded_fp16(tmp_path_factory):
     """A real fp16 run with backoffs and growth, written by the engine on CPU."""
     d = tmp_path_factory.mktemp("recorded")
-    writer = run(RunConfig(precision="16-mixed", max_steps=40, init_scale=2.0**40, growth_interval=5, wandb="disabled", runs_dir=str(d)))
+    writer = run(
+        RunConfig(
+            precision="16-mixed", max_steps=40, init_scale=2.0**40, growth_interval=5, wandb="disabled", runs_dir=str(d)
+        )
+    )
     return d, writer.id
 
 
@@ -212,12 +210,17 @@ def test_train_inject_needs_fp16_is_a_message(app_env):
 def test_live_view_says_when_it_slows_down(app_env, monkeypatch, figures):
     import os
 
-    from amp_core import live
-    from amp_core.runs import RunWriter
+    from amp_core.record import RunWriter
+    from amp_core.serve import live
 
     writer = RunWriter.create(app_env, {"precision": "16-mixed", "max_steps": 1000}, label="16-mixed")
     writer.set_status("running", pid=os.getpid())  # alive: this test process
-    writer.append_metrics([{"step": s, "loss": 1.0, "loss_scale": 1024.0, "skipped": False, "grad_norm": 0.5, "time": float(s)} for s in range(30)])
+    writer.append_metrics(
+        [
+            {"step": s, "loss": 1.0, "loss_scale": 1024.0, "skipped": False, "grad_norm": 0.5, "time": float(s)}
+            for s in range(30)
+        ]
+    )
     monkeypatch.setattr(live, "machine_load", lambda: 1.0)
     at = page("pages/3_Runs.py").run()
     assert not at.exception
@@ -228,7 +231,9 @@ def test_live_view_says_when_it_slows_down(app_env, monkeypatch, figures):
     monkeypatch.setattr(live, "machine_load", lambda: 3.0)  # pressure stall: tasks wait for a core 2/3 of the time
     at.run()
     assert not at.exception
-    assert [c.value for c in at.caption if "Live view redrawn" in c.value] == ["Live view redrawn every 3.0 s: this machine's CPUs are oversubscribed."]
+    assert [c.value for c in at.caption if "Live view redrawn" in c.value] == [
+        "Live view redrawn every 3.0 s: this machine's CPUs are oversubscribed."
+    ]
     writer.close()
 
 
@@ -245,8 +250,20 @@ def url_value(at: AppTest, name: str):
 def recorded_several(tmp_path_factory):
     """Three real runs, oldest first: fp16 with backoffs, bf16, and a 16-true run that diverges and fails."""
     d = tmp_path_factory.mktemp("several")
-    ids = [run(RunConfig(precision="16-mixed", max_steps=20, init_scale=2.0**40, growth_interval=5, histogram_every=10, wandb="disabled", runs_dir=str(d))).id,
-           run(RunConfig(precision="bf16-mixed", max_steps=20, histogram_every=10, wandb="disabled", runs_dir=str(d))).id]
+    ids = [
+        run(
+            RunConfig(
+                precision="16-mixed",
+                max_steps=20,
+                init_scale=2.0**40,
+                growth_interval=5,
+                histogram_every=10,
+                wandb="disabled",
+                runs_dir=str(d),
+            )
+        ).id,
+        run(RunConfig(precision="bf16-mixed", max_steps=20, histogram_every=10, wandb="disabled", runs_dir=str(d))).id,
+    ]
     with pytest.raises(FloatingPointError):
         run(RunConfig(precision="16-true", max_steps=40, histogram_every=10, wandb="disabled", runs_dir=str(d)))
     ids.append(next(r.id for r in list_runs(d) if r.precision == "16-true"))

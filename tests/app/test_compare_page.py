@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from amp_core import compare, compare_figures
-from amp_core.runs import FINAL_STATES, list_runs, load_run
-from amp_core.train import RunConfig, run
+from amp_core.analysis import compare, compare_figures
+from amp_core.record import FINAL_STATES, list_runs, load_run
+from amp_core.training.cli import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120
 PAGE = "pages/4_Compare.py"
+
 
 def page() -> AppTest:
     return AppTest.from_file(str(ROOT / PAGE), default_timeout=TIMEOUT)
@@ -25,7 +26,9 @@ def recorded(tmp_path_factory):
     d = tmp_path_factory.mktemp("compared")
     groups = {}
     for name, variants, hidden in (("pair", ["bf16-mixed"], 16), ("three", ["16-mixed", "bf16-mixed"], 32)):
-        configs = compare.plan(variants, on_cuda=False, max_steps=20, hidden=hidden, depth=1, batch_size=16, runs_dir=str(d))
+        configs = compare.plan(
+            variants, on_cuda=False, max_steps=20, hidden=hidden, depth=1, batch_size=16, runs_dir=str(d)
+        )
         for config in configs:
             run(config)
         groups[name] = configs[0].compare_group
@@ -54,12 +57,23 @@ def test_selecting_a_comparison_shows_its_table_and_charts(app_env, recorded, mo
     variants = ["32-true", "16-mixed", "bf16-mixed"]
     table = at.dataframe[0].value
     assert list(table["variant"]) == variants and set(table["state"]) == {"completed"}
-    for column in ("median_step_ms", "memory_mib", "speedup", "memory_ratio", "final_loss", "loss_diff", "skipped_steps"):
+    for column in (
+        "median_step_ms",
+        "memory_mib",
+        "speedup",
+        "memory_ratio",
+        "final_loss",
+        "loss_diff",
+        "skipped_steps",
+    ):
         np.testing.assert_allclose(table[column].to_numpy(dtype=float), [r[column] for r in summary["rows"]])
     assert list(table["verdict"]) == [r["verdict"] for r in summary["rows"]]
 
     by_title = {f.layout.title.text.split(" (")[0]: f for f in figures(at)}
-    step, tflops, memory, ratio, loss = (by_title[t] for t in ("Median step time", "Achieved matmul throughput", "Memory", "Against 32-true", "Training loss"))
+    step, tflops, memory, ratio, loss = (
+        by_title[t]
+        for t in ("Median step time", "Achieved matmul throughput", "Memory", "Against 32-true", "Training loss")
+    )
     unit, factor = compare.flops_unit(summary["rows"])
     assert unit != "TFLOP/s" and tflops.layout.yaxis.title.text == unit  # a tiny model on a CPU: not "0.000001" TFLOP/s
     np.testing.assert_allclose(table["flops"].to_numpy(dtype=float), [r["tflops"] * factor for r in summary["rows"]])
@@ -76,7 +90,9 @@ def test_selecting_a_comparison_shows_its_table_and_charts(app_env, recorded, mo
     notes = " ".join(i.value for i in at.info)
     assert "no fp16 arithmetic units" in notes or "fp16 units" in notes
     assert "resident memory (RSS)" in notes and "Python, torch and Lightning themselves are left out" in notes
-    assert at.dataframe[0].value["memory_mib"].notna().all()  # in-process runs: reused heap can hide some, so only present
+    assert (
+        at.dataframe[0].value["memory_mib"].notna().all()
+    )  # in-process runs: reused heap can hide some, so only present
 
 
 def test_a_link_to_a_comparison_and_a_hostile_one(app_env, recorded, monkeypatch):
@@ -107,7 +123,12 @@ def test_tf32_without_cuda_is_a_message(app_env):
 
 def test_run_comparison_queues_timed_runs_through_the_launcher(app_env, figures):
     at = page().run()
-    for label, value in (("Steps", compare.min_comparison_steps()), ("Batch size", 8), ("Hidden width", 8), ("Hidden layers", 1)):
+    for label, value in (
+        ("Steps", compare.min_comparison_steps()),
+        ("Batch size", 8),
+        ("Hidden width", 8),
+        ("Hidden layers", 1),
+    ):
         next(n for n in at.number_input if n.label == label).set_value(value)
     at.multiselect[0].set_value(["32-true", "bf16-mixed"])
     next(b for b in at.button if b.label == "Run comparison").click()
@@ -124,7 +145,9 @@ def test_run_comparison_queues_timed_runs_through_the_launcher(app_env, figures)
     at.run()  # run_every does not tick in AppTest: rerun by hand
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table["variant"]) == ["32-true", "bf16-mixed"] and table["median_step_ms"].notna().all()  # timed in the worker
+    assert (
+        list(table["variant"]) == ["32-true", "bf16-mixed"] and table["median_step_ms"].notna().all()
+    )  # timed in the worker
     assert len(figures(at)) == 5
 
 
@@ -153,14 +176,29 @@ def test_too_few_steps_are_refused_naming_the_minimum(app_env):
     at.run()
     assert not at.exception
     (error,) = at.error
-    assert f"at least {compare.MIN_TIMED_STEPS} timed steps" in error.value and f"use {compare.min_comparison_steps()} steps or more" in error.value
+    assert (
+        f"at least {compare.MIN_TIMED_STEPS} timed steps" in error.value
+        and f"use {compare.min_comparison_steps()} steps or more" in error.value
+    )
     assert list_runs(app_env) == []
 
 
 def test_a_barely_timed_comparison_is_greyed_without_verdicts(app_env, figures):
     """A comparison recorded with too few steps (made with amp_core.train directly, or before the minimum): shown, not judged."""
     for precision in ("32-true", "bf16-mixed"):
-        run(RunConfig(precision=precision, max_steps=3, hidden=8, depth=1, batch_size=8, time_steps=True, compare_group="few", wandb="disabled", histogram_every=0))
+        run(
+            RunConfig(
+                precision=precision,
+                max_steps=3,
+                hidden=8,
+                depth=1,
+                batch_size=8,
+                time_steps=True,
+                compare_group="few",
+                wandb="disabled",
+                histogram_every=0,
+            )
+        )
     at = page().run()
     assert not at.exception
     table = at.dataframe[0].value

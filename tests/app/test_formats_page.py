@@ -7,18 +7,14 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from amp_core.formats import formats
+from amp_core.analysis.formats import formats
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = [f.name for f in formats()]
 
 
-
-
 def page() -> AppTest:
     return AppTest.from_file(str(ROOT / "pages/5_Formats.py"), default_timeout=60)
-
-
 
 
 def verdicts(at: AppTest) -> dict:
@@ -32,7 +28,10 @@ def test_defaults(app_env):
     assert at.title[0].value == "Number formats"
     props = at.table[0].value
     assert len(props) == len(NAMES) and list(props["format"]) == NAMES
-    assert list(props.loc[props["format"] == "fp16", ["largest", "smallest subnormal"]].iloc[0]) == ["65504", "5.96046e-08"]
+    assert list(props.loc[props["format"] == "fp16", ["largest", "smallest subnormal"]].iloc[0]) == [
+        "65504",
+        "5.96046e-08",
+    ]
     assert verdicts(at) == dict.fromkeys(NAMES, "rounded")  # 0.1 is exact nowhere
     text = " ".join(m.value for m in at.markdown)
     assert "$2^{-24}$" in text and "5.96e-08" in text
@@ -42,8 +41,14 @@ def test_value_70000_overflows_fp16(app_env):
     at = page().run()
     at.number_input(key="value").set_value(70000.0).run()
     assert not at.exception
-    assert verdicts(at) == {"fp32": "exact", "tf32": "rounded", "fp16": "overflow", "bf16": "rounded",
-                            "fp8 e4m3fn": "overflow", "fp8 e5m2": "overflow"}
+    assert verdicts(at) == {
+        "fp32": "exact",
+        "tf32": "rounded",
+        "fp16": "overflow",
+        "bf16": "rounded",
+        "fp8 e4m3fn": "overflow",
+        "fp8 e5m2": "overflow",
+    }
     results = dict(zip(at.dataframe[0].value["format"], at.dataframe[0].value["result"]))
     assert results["fp16"] == math.inf and results["bf16"] == 70144.0
 
@@ -57,7 +62,7 @@ def test_link_restores_the_inputs(app_env, figures):
     assert not at.exception and not at.warning
     assert at.number_input(key="value").value == 1e-6
     assert verdicts(at)["fp16"] == "subnormal"
-    gradient, scaled = figures(at)[0].data[len(NAMES):]
+    gradient, scaled = figures(at)[0].data[len(NAMES) :]
     assert set(gradient.x) == {math.log2(1e-9)} and set(scaled.x) == {math.log2(1e-9 * 2**20)}
 
 
@@ -79,11 +84,13 @@ def test_hostile_link_is_ignored_with_a_notice(app_env):
 def test_number_line_has_a_bar_per_format_and_two_markers(app_env, figures):
     at = page().run()
     fig = figures(at)[0]
-    bars, markers = fig.data[: len(NAMES)], fig.data[len(NAMES):]
+    bars, markers = fig.data[: len(NAMES)], fig.data[len(NAMES) :]
     assert [b.type for b in bars] == ["bar"] * len(NAMES) and [b.y[0] for b in bars] == NAMES
     assert [m.type for m in markers] == ["scatter", "scatter"]
     fp16 = next(f for f in formats() if f.name == "fp16")
-    np.testing.assert_array_equal(np.asarray(bars[2].base, dtype=float), np.log2([fp16.smallest_subnormal, fp16.smallest_normal]))
+    np.testing.assert_array_equal(
+        np.asarray(bars[2].base, dtype=float), np.log2([fp16.smallest_subnormal, fp16.smallest_normal])
+    )
     gradient, scaled = markers  # the defaults: 1e-8, scale 2**16
     assert set(gradient.x) == {math.log2(1e-8)} and set(scaled.x) == {math.log2(1e-8 * 2**16)}
     assert dict(zip(gradient.y, gradient.marker.symbol))["fp16"] == "x"  # underflows

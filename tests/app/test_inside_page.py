@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from amp_core.autocast_map import NEAR_OVERFLOW_LOG2, module_table, summarize
+from amp_core.inside.autocast_map import NEAR_OVERFLOW_LOG2, module_table, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = str(ROOT / "pages/6_Inside_the_step.py")
@@ -82,7 +82,9 @@ def test_the_server_does_not_import_torch(kept_maps):
         "print('pytorch_lightning' in sys.modules, 'torch' in sys.modules)"
     )
     env = {**__import__("os").environ, "AMP_RUNS_DIR": str(kept_maps)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT, env=env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["False", "False"]
 

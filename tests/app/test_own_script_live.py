@@ -9,7 +9,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from amp_core.runs import list_runs, request_stop
+from amp_core.record import list_runs, request_stop
 from tests.support.readme import readme_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,8 +25,21 @@ def runs_page(runs_dir: Path) -> AppTest:
 def test_the_readme_script_appears_live_on_the_runs_page(app_env, tmp_path, figures):
     script = tmp_path / "my_script.py"
     script.write_text(readme_script().replace("max_steps=300", "max_steps=3000"))  # long enough to be seen running
-    env = {**os.environ, "AMP_RUNS_DIR": str(app_env), "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "AMP_RUNS_DIR": str(app_env),
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not (list_runs(app_env) and len(list_runs(app_env)[0].metrics) >= 20):

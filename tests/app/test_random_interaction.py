@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
-from amp_core import worker
 from amp_core.precision import lightning_precision_values
-from amp_core.runs import ACTIVE_STATES, list_runs, load_run
+from amp_core.record import ACTIVE_STATES, list_runs, load_run
+from amp_core.serve import worker
 from tests.support.interaction import JUNK_LINK, REPORT, draw_link, exception_texts, random_session
 from tests.support.processes import memory_capped_python
 from tests.support.records import RecordSet, copy_record_set, make_record_set
@@ -45,10 +45,16 @@ PHASES = [p for p in Phase if p != Phase.shrink or os.environ.get("AMP_RANDOM_SH
 # Every page there is (a new file in pages/ joins by itself), and its share of the sequences: the Runs
 # page has the most state (records x tabs x what-if inputs); a page not named here gets NEW_PAGE_WEIGHT.
 SCRIPTS = ["app.py", *(f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("*.py")))]
-WEIGHTS = {"pages/3_Runs.py": 36, "pages/1_Precision.py": 15, "pages/5_Formats.py": 15, "pages/2_Train.py": 13,
-           "pages/4_Compare.py": 12, "app.py": 9,
-           # each new setting there takes a map in a child process (torch imported, one step recorded): seconds each
-           "pages/6_Inside_the_step.py": 4}
+WEIGHTS = {
+    "pages/3_Runs.py": 36,
+    "pages/1_Precision.py": 15,
+    "pages/5_Formats.py": 15,
+    "pages/2_Train.py": 13,
+    "pages/4_Compare.py": 12,
+    "app.py": 9,
+    # each new setting there takes a map in a child process (torch imported, one step recorded): seconds each
+    "pages/6_Inside_the_step.py": 4,
+}
 NEW_PAGE_WEIGHT = 10
 
 
@@ -63,10 +69,30 @@ def link_candidates(script: str, records: RecordSet) -> dict[str, list[str]]:
     ids = sorted(records.ids.values())
     labels = [f"{i} · {load_run(records.path / i).precision}" for i in ids]  # what the Runs select shows
     flags = ["true", "false", "True", "yes", "0", "1"]
-    numbers = ["0.1", "1e-8", "65504", "65520", "-0", "nan", "inf", "1e400", "5e-324", "16", "-24", "126", "127", "-25", "1.5"]
+    numbers = [
+        "0.1",
+        "1e-8",
+        "65504",
+        "65520",
+        "-0",
+        "nan",
+        "inf",
+        "1e400",
+        "5e-324",
+        "16",
+        "-24",
+        "126",
+        "127",
+        "-25",
+        "1.5",
+    ]
     links = {
-        "pages/1_Precision.py": {"precision": [*lightning_precision_values(), "fp16"], "use_amp": ["None", "True", "False", "true"],
-                                 "cuda": flags, "gpu": flags},
+        "pages/1_Precision.py": {
+            "precision": [*lightning_precision_values(), "fp16"],
+            "use_amp": ["None", "True", "False", "true"],
+            "cuda": flags,
+            "gpu": flags,
+        },
         "pages/2_Train.py": {"run": ids},
         "pages/3_Runs.py": {"run": ids + labels},
         "pages/4_Compare.py": {"group": [records.group]},
@@ -103,8 +129,16 @@ def stop_started_runs(records: RecordSet) -> None:
 def run_sequences(script: str, records: RecordSet, count: dict) -> None:
     links = link_candidates(script, records)
 
-    @settings(max_examples=sequences_for(script), deadline=None, derandomize=True, database=None, print_blob=False,
-              report_multiple_bugs=False, phases=PHASES, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=sequences_for(script),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=False,
+        report_multiple_bugs=False,
+        phases=PHASES,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(data=st.data())
     def sequence(data) -> None:
         count["sequences"] += 1
@@ -134,5 +168,10 @@ def test_random_interaction_shows_no_exception(script, page_runs):
         outcome = "no exception"
     finally:
         started_runs = Counter(r.state for r in list_runs(page_runs.path) if r.id not in page_runs.ids.values())
-        REPORT[script] = {**count, "seconds": time.monotonic() - started, "outcome": outcome, "runs started": dict(started_runs)}
+        REPORT[script] = {
+            **count,
+            "seconds": time.monotonic() - started,
+            "outcome": outcome,
+            "runs started": dict(started_runs),
+        }
     assert count["sequences"] >= sequences_for(script)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from amp_core import compare
-from amp_core.recordings import RECORDINGS_DIR_ENV, publish
-from amp_core.runs import load_run
-from amp_core.skip_ledger import skipped_rows
-from amp_core.train import RunConfig, run
+from amp_core.analysis import compare
+from amp_core.record import load_run
+from amp_core.record.recordings import RECORDINGS_DIR_ENV, publish
+from amp_core.record.skips import skipped_rows
+from amp_core.training.cli import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(accelerator="cpu", hidden=32, depth=2, batch_size=16, wandb="disabled")
@@ -31,8 +31,13 @@ def folders(tmp_path_factory):
     local_id = run(RunConfig(**fp16, runs_dir=str(local))).id
     staged = run(RunConfig(**fp16, runs_dir=str(staging))).path
     recorded = publish(staged, recordings, "python -m amp_core.train --precision 16-mixed", "fp16 backoffs", MACHINE)
-    configs = compare.plan(["32-true", "bf16-mixed"], on_cuda=False, max_steps=compare.min_comparison_steps(), runs_dir=str(staging),
-                           **{k: v for k, v in SMALL.items() if k != "wandb"})
+    configs = compare.plan(
+        ["32-true", "bf16-mixed"],
+        on_cuda=False,
+        max_steps=compare.min_comparison_steps(),
+        runs_dir=str(staging),
+        **{k: v for k, v in SMALL.items() if k != "wandb"},
+    )
     for c in configs:
         publish(run(c).path, recordings, "python -m amp_core.compare", "compare", MACHINE)
     shutil.rmtree(staging, ignore_errors=True)
@@ -75,7 +80,9 @@ def test_skipped_steps_tab_and_marker_hover_name_the_parameter(pages_env, figure
     assert list(shown["step"]) == [r["step"] for r in rows] and list(shown["param"]) == [r["param"] for r in rows]
     markers = next(t for t in figures(at)[0].data if t.name and "skipped" in t.name)
     notes = list(np.asarray(markers.customdata))
-    assert len(notes) == len(rows) and all(r["param"] in n and f"step {r['step']} skipped" in n for r, n in zip(rows, notes))
+    assert len(notes) == len(rows) and all(
+        r["param"] in n and f"step {r['step']} skipped" in n for r, n in zip(rows, notes)
+    )
 
 
 def test_compare_page_offers_a_recorded_group(pages_env):

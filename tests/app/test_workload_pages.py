@@ -8,7 +8,7 @@ import pytest
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from amp_core.runs import list_runs, load_run
+from amp_core.record import list_runs, load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "tests" / "user_models"
@@ -51,7 +51,12 @@ def test_train_page_runs_the_gpt_workload(app_env):
     (r,) = list_runs(app_env)
     r = wait_final(r.path)
     assert r.state == "completed", r.status
-    assert r.config["workload"] == "gpt" and r.config["workload_settings"] == {"layers": 2, "heads": 4, "width": 32, "context": 16}
+    assert r.config["workload"] == "gpt" and r.config["workload_settings"] == {
+        "layers": 2,
+        "heads": 4,
+        "width": 32,
+        "context": 16,
+    }
     assert r.config["corpus"]["sha256"] and len(r.metrics) == 10
 
 
@@ -71,7 +76,11 @@ def test_train_page_runs_your_own_model_and_shows_a_bad_one_as_a_failed_run(app_
     widget(at.text_input, "Model (pkg.module:attr)").input("tiny_net:ManualRegressor")
     start_train(at)
     bad = wait_final(next(x for x in list_runs(app_env) if x.id != r.id).path)
-    assert bad.state == "failed" and "manual optimization" in bad.status["error"] and len(bad.status["error"].splitlines()) == 1
+    assert (
+        bad.state == "failed"
+        and "manual optimization" in bad.status["error"]
+        and len(bad.status["error"].splitlines()) == 1
+    )
 
 
 @pytest.mark.parametrize("address, allowed_by_env", [("0.0.0.0", ""), ("0.0.0.0", "1")])
@@ -103,4 +112,8 @@ def test_compare_page_runs_your_own_model(app_env):
     assert sorted(r.config["precision"] for r in runs) == ["32-true", "bf16-mixed"]
     for r in runs:
         r = wait_final(r.path)
-        assert r.state == "completed" and r.config["workload"] == "user" and r.config["model_class"] == "tiny_net.TinyRegressor"
+        assert (
+            r.state == "completed"
+            and r.config["workload"] == "user"
+            and r.config["model_class"] == "tiny_net.TinyRegressor"
+        )

@@ -103,7 +103,7 @@ def free_port() -> int:
 
 
 def _worker_pids(runs_dir: Path) -> list[int]:
-    """Processes running `amp_core.worker` whose environment names our runs directory."""
+    """Processes running `amp_core.serve.worker` whose environment names our runs directory."""
     marker = f"AMP_RUNS_DIR={runs_dir}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
@@ -111,7 +111,7 @@ def _worker_pids(runs_dir: Path) -> list[int]:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
-            if b"\0-m\0amp_core.worker\0" not in cmdline:  # python -m amp_core.worker
+            if b"\0-m\0amp_core.worker\0" not in cmdline:  # python -m amp_core.serve.worker
                 continue
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:  # gone, or not ours to read
@@ -125,7 +125,7 @@ def kill_workers(runs_dir: Path, timeout: float = 10.0) -> list[int]:
     """SIGKILL every worker (and its process group) started for `runs_dir`; returns their pids."""
     pids = _worker_pids(runs_dir)
     for pid in pids:
-        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        for kill in (lambda pid=pid: os.killpg(pid, signal.SIGKILL), lambda pid=pid: os.kill(pid, signal.SIGKILL)):
             try:
                 kill()
                 break
@@ -150,8 +150,10 @@ class StreamlitServer:
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
 
-    def start(self, log_path: Path) -> "StreamlitServer":
-        env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true", PYTHONUNBUFFERED="1")
+    def start(self, log_path: Path) -> StreamlitServer:
+        env = dict(
+            os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true", PYTHONUNBUFFERED="1"
+        )
         env.pop("STREAMLIT_SERVER_PORT", None)
         if self.runs_dir is not None:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -168,11 +170,15 @@ class StreamlitServer:
         ]  # fmt: skip
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + SERVER_START_S
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with code {self.proc.returncode} before it was healthy:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"streamlit exited with code {self.proc.returncode} before it was healthy:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
                     if r.read().strip() == b"ok":
@@ -216,7 +222,7 @@ def app_server(tmp_path_factory):
     server.start(base / "streamlit.log")
     yield server
     server.stop()
-    assert not _worker_pids(server.runs_dir), "amp_core.worker processes survived the server"
+    assert not _worker_pids(server.runs_dir), "amp_core.serve.worker processes survived the server"
 
 
 # -- the browser -------------------------------------------------------------------------------
@@ -247,7 +253,10 @@ def new_page(browser, request, shots_dir):
         page._amp_events = events = []  # what the browser said, for the failure report
         page.on("crash", lambda *_: events.append("the page crashed"))
         page.on("pageerror", lambda e: events.append(f"page error: {e}"))
-        page.on("console", lambda m: events.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        page.on(
+            "console",
+            lambda m: events.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+        )
         pages.append(page)
         return page
 
@@ -326,13 +335,19 @@ def first_trace_points(page, title: str) -> int:
 
     While a fragment redraws, Streamlit can show the old and the new chart for a moment: the
     largest count wins."""
-    counts = [traces[0] if traces else 0 for t, traces in zip(chart_titles(page), trace_lengths(page)) if t.startswith(title)]
+    counts = [
+        traces[0] if traces else 0 for t, traces in zip(chart_titles(page), trace_lengths(page)) if t.startswith(title)
+    ]
     return max(counts, default=0)
 
 
 def first_trace_last_x(page, title: str) -> float:
     """The x (optimizer step) where the first trace of the chart titled `title` ends; 0 while none is drawn."""
-    ends = [traces[0] for t, traces in zip(chart_titles(page), page.evaluate(TRACE_LAST_X_JS)) if t.startswith(title) and traces]
+    ends = [
+        traces[0]
+        for t, traces in zip(chart_titles(page), page.evaluate(TRACE_LAST_X_JS))
+        if t.startswith(title) and traces
+    ]
     return max((x for x in ends if x is not None), default=0)
 
 

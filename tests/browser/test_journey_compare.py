@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from amp_core import compare
+from amp_core.analysis import compare
 
 VARIANTS = ["32-true", "16-mixed", "bf16-mixed"]  # the page's default on a machine without CUDA
 SIZE = {"Steps": compare.min_comparison_steps(), "Batch size": 16, "Hidden width": 32, "Hidden layers": 1}
@@ -21,7 +21,9 @@ VERDICTS = ("baseline", "pass", "fail")
 # The rows of st.dataframe's accessible grid (the canvas itself has no text): header row, then data.
 GRID_ROWS_JS = """() => Array.from(document.querySelectorAll("[data-testid='stDataFrame'] [role='row']")).map(r =>
   Array.from(r.querySelectorAll("[role='columnheader'], [role='gridcell']")).map(c => c.textContent.trim()))"""
-PAGE_LINKS_JS = """() => Array.from(document.querySelectorAll("[data-testid='stPageLink'] a")).map(a => a.getAttribute('href'))"""
+PAGE_LINKS_JS = (
+    """() => Array.from(document.querySelectorAll("[data-testid='stPageLink'] a")).map(a => a.getAttribute('href'))"""
+)
 
 
 @pytest.fixture
@@ -62,11 +64,23 @@ def run_comparison_from_the_page(page, server, ui) -> tuple[str, list[tuple[str,
     page.get_by_role("button", name="Run comparison").click()
     ui.settle(page)
     ui.assert_no_exception(page)
-    group = ui.wait_until(lambda: next(iter(set(groups(server.runs_dir)) - before), None), ui.PAGE_S, message="the comparison's runs to be queued")
-    ui.wait_until(lambda: [s.get("state") for _, _, s in groups(server.runs_dir)[group]] == ["completed"] * len(VARIANTS),
-                  3 * ui.RUN_S, interval_s=1.0, message=f"the {len(VARIANTS)} runs of {group} to complete")
+    group = ui.wait_until(
+        lambda: next(iter(set(groups(server.runs_dir)) - before), None),
+        ui.PAGE_S,
+        message="the comparison's runs to be queued",
+    )
+    ui.wait_until(
+        lambda: [s.get("state") for _, _, s in groups(server.runs_dir)[group]] == ["completed"] * len(VARIANTS),
+        3 * ui.RUN_S,
+        interval_s=1.0,
+        message=f"the {len(VARIANTS)} runs of {group} to complete",
+    )
     # The live table reruns the whole page once every run has ended: then the figures are drawn.
-    ui.wait_until(lambda: any(t.startswith("Memory") for t in ui.chart_titles(page)), 2 * ui.PAGE_S, message="the comparison's figures")
+    ui.wait_until(
+        lambda: any(t.startswith("Memory") for t in ui.chart_titles(page)),
+        2 * ui.PAGE_S,
+        message="the comparison's figures",
+    )
     ui.settle(page)
     return group, groups(server.runs_dir)[group]
 
@@ -92,13 +106,17 @@ def test_a_comparison_from_the_page_then_each_run_it_links_to(app_server, new_pa
     ui.screenshot(page, shots_dir, "compare-journey-after")
 
     # Each link opens the Runs page on the run it names (not the newest one).
-    ids = [rid for rid, _, _ in sorted(runs, key=lambda r: VARIANTS.index(r[1]["precision"]))]  # the page lists the baseline first
+    ids = [
+        rid for rid, _, _ in sorted(runs, key=lambda r: VARIANTS.index(r[1]["precision"]))
+    ]  # the page lists the baseline first
     assert page.evaluate(PAGE_LINKS_JS) == [f"Runs?run={rid}" for rid in ids]
     for rid in ids:
         ui.open_page(page, app_server, f"/Compare?group={group}")
         ui.wait_until(lambda: page.evaluate(PAGE_LINKS_JS), ui.PAGE_S, message="the links to the runs")
         page.get_by_role("link", name=rid).click()
-        ui.wait_until(lambda: page.evaluate("() => location.pathname").endswith("/Runs"), ui.PAGE_S, message="the Runs page")
+        ui.wait_until(
+            lambda: page.evaluate("() => location.pathname").endswith("/Runs"), ui.PAGE_S, message="the Runs page"
+        )
         ui.settle(page)
         ui.assert_no_exception(page)
         assert ui.url_params(page).get("run") == [rid]
@@ -116,6 +134,9 @@ def test_too_few_steps_are_refused_in_the_page(app_server, new_page, ui, shots_d
     ui.settle(page)
     ui.assert_no_exception(page)
     error = page.locator("[data-testid='stAlert']").filter(has_text="Cannot start this comparison").inner_text()
-    assert f"at least {compare.MIN_TIMED_STEPS} timed steps" in error and f"use {compare.min_comparison_steps()} steps or more" in error
+    assert (
+        f"at least {compare.MIN_TIMED_STEPS} timed steps" in error
+        and f"use {compare.min_comparison_steps()} steps or more" in error
+    )
     assert groups(app_server.runs_dir) == before  # nothing was queued
     ui.screenshot(page, shots_dir, "compare-journey-too-few-steps")

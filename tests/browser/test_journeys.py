@@ -17,14 +17,17 @@ from pathlib import Path
 import pytest
 
 from amp_core.charts import short_label
-from amp_core.runs import METRIC_COLUMNS, list_runs
+from amp_core.record import METRIC_COLUMNS, list_runs
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 30
 INJECTED = (12, 20)
 # (precision, extra CLI arguments): fp16 with backoffs, growth and injected overflows, then bf16 and fp32.
 RECORDED = (
-    ("16-mixed", ["--init-scale", str(2.0**24), "--growth-interval", "5", "--inject-overflow", ",".join(map(str, INJECTED))]),
+    (
+        "16-mixed",
+        ["--init-scale", str(2.0**24), "--growth-interval", "5", "--inject-overflow", ",".join(map(str, INJECTED))],
+    ),
     ("bf16-mixed", []),
     ("32-true", []),
 )
@@ -56,16 +59,38 @@ def recorded(app_server) -> dict[str, str]:
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "amp_core.train", "--precision", precision, "--max-steps", str(STEPS), "--histogram-every", "10",
-             "--wandb", "disabled", "--runs-dir", str(app_server.runs_dir), *extra],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "amp_core.train",
+                "--precision",
+                precision,
+                "--max-steps",
+                str(STEPS),
+                "--histogram-every",
+                "10",
+                "--wandb",
+                "disabled",
+                "--runs-dir",
+                str(app_server.runs_dir),
+                *extra,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for precision, extra in RECORDED
     ]
     for (precision, _), proc in zip(RECORDED, procs):
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{precision} run failed:\n{out[-3000:]}"
-    runs = {r.precision: r for r in list_runs(app_server.runs_dir) if r.config.get("max_steps") == STEPS and r.state == "completed"}
+    runs = {
+        r.precision: r
+        for r in list_runs(app_server.runs_dir)
+        if r.config.get("max_steps") == STEPS and r.state == "completed"
+    }
     assert set(runs) >= {p for p, _ in RECORDED}, sorted(runs)
     return {p: runs[p].id for p, _ in RECORDED}
 
@@ -94,7 +119,9 @@ def trace_names(page, title: str) -> list[str]:
 
 def run_line(page) -> str:
     """The replayed run's line ("completed · 30 steps · 0 skipped · ..."), '' while absent."""
-    found = page.locator("[data-testid='stMarkdownContainer']").filter(has_text=re.compile(r"^(completed|stopped|failed) · \d+ steps"))
+    found = page.locator("[data-testid='stMarkdownContainer']").filter(
+        has_text=re.compile(r"^(completed|stopped|failed) · \d+ steps")
+    )
     return found.first.inner_text() if found.count() else ""
 
 
@@ -104,9 +131,15 @@ def alerts(page, text: str):
 
 def shows_run(page, ui, run_id: str, precision: str, state: str = "completed", steps: int = STEPS) -> None:
     """The Runs page shows this run: the select, the URL, its state and steps, and its name in the charts."""
-    ui.wait_until(lambda: combobox_value(page, "Open a run") == label(run_id, precision), ui.PAGE_S, message=f"the select to show {run_id}")
+    ui.wait_until(
+        lambda: combobox_value(page, "Open a run") == label(run_id, precision),
+        ui.PAGE_S,
+        message=f"the select to show {run_id}",
+    )
     ui.wait_until(lambda: ui.url_params(page).get("run") == [run_id], ui.PAGE_S, message=f"?run={run_id} in the URL")
-    ui.wait_until(lambda: run_line(page).startswith(f"{state} · {steps} steps"), ui.PAGE_S, message=f"'{state} · {steps} steps'")
+    ui.wait_until(
+        lambda: run_line(page).startswith(f"{state} · {steps} steps"), ui.PAGE_S, message=f"'{state} · {steps} steps'"
+    )
     ui.wait_until(lambda: trace_names(page, "Training loss") == [short_label(run_id)], ui.PAGE_S,
                   message=f"the loss chart to draw {short_label(run_id)} alone")  # fmt: skip
     assert ui.loss_points(page) == steps
@@ -148,7 +181,11 @@ def test_overlay_two_runs(app_server, recorded, new_page, ui, shots_dir):
     choose(page, "Overlay other runs", label(b, "bf16-mixed"))
     ui.settle(page)
     for title in ("Training loss", "Gradient norm"):
-        ui.wait_until(lambda: trace_names(page, title) == [short_label(a), short_label(b)], ui.PAGE_S, message=f"{title}: both runs")
+        ui.wait_until(
+            lambda title=title: trace_names(page, title) == [short_label(a), short_label(b)],
+            ui.PAGE_S,
+            message=f"{title}: both runs",
+        )
     assert ui.first_trace_points(page, "Training loss") == STEPS
     ui.assert_no_exception(page)
     ui.screenshot(page, shots_dir, "journey-runs-overlay")
@@ -161,14 +198,24 @@ def test_every_tab_on_runs(app_server, recorded, new_page, ui, shots_dir):
     main = page.locator("[data-testid='stMain']")
 
     page.get_by_role("tab", name="Gradients vs fp16").click()
-    share = main.locator("[data-testid='stMetric']").filter(has_text="Would underflow fp16 unscaled").locator("[data-testid='stMetricValue']")
+    share = (
+        main.locator("[data-testid='stMetric']")
+        .filter(has_text="Would underflow fp16 unscaled")
+        .locator("[data-testid='stMetricValue']")
+    )
     assert re.fullmatch(r"\d+\.\d\d%", share.inner_text().strip())
-    ui.wait_until(lambda: any(c["title"].startswith("Gradient values at step 20") for c in charts(page)), ui.PAGE_S, message="the histogram")
+    ui.wait_until(
+        lambda: any(c["title"].startswith("Gradient values at step 20") for c in charts(page)),
+        ui.PAGE_S,
+        message="the histogram",
+    )
 
     page.get_by_role("tab", name="Skipped steps").click()
     assert main.get_by_text(re.compile(r"the first, in backward order, whose gradient held inf or NaN")).is_visible()
     hovers = page.evaluate(SKIP_HOVER_JS)  # what the loss-scale chart's skipped markers say on hover
-    assert hovers and all(re.match(r"step \d+ skipped: (inf|NaN|inf and NaN) in net\.\d+\.(weight|bias); scale ", h) for h in hovers), hovers[:3]
+    assert hovers and all(
+        re.match(r"step \d+ skipped: (inf|NaN|inf and NaN) in net\.\d+\.(weight|bias); scale ", h) for h in hovers
+    ), hovers[:3]
 
     page.get_by_role("tab", name="Scaler what-if").click()
     assert main.get_by_text(re.compile(r"reproduces the recorded scale on \d+\.\d%")).is_visible()
@@ -177,7 +224,11 @@ def test_every_tab_on_runs(app_server, recorded, new_page, ui, shots_dir):
 
     page.get_by_role("tab", name="Advice").click()
     skipped = alerts(page, "steps were skipped while the scale backed off from the demo's 2^24")
-    ui.wait_until(lambda: skipped.count() == 1 and skipped.first.is_visible(), ui.PAGE_S, message="the advice on the demo's initial scale")
+    ui.wait_until(
+        lambda: skipped.count() == 1 and skipped.first.is_visible(),
+        ui.PAGE_S,
+        message="the advice on the demo's initial scale",
+    )
     assert "chosen above what this model needs so that backoffs show" in skipped.first.inner_text()
     ui.assert_no_exception(page)
     ui.screenshot(page, shots_dir, "journey-runs-advice")
@@ -204,7 +255,9 @@ def test_every_download(app_server, recorded, new_page, ui, tmp_path):
     html = _download(page, ui, app_server, run_id, "Loss-scale chart HTML", tmp_path)
     assert "<html" in html.lower() and "plotly" in html.lower()
     assert f"injected ({len(INJECTED)})" in html  # the injected-step markers' trace
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{run_id}.csv", f"{run_id}.json", f"{run_id}-loss-scale.html"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{run_id}.csv", f"{run_id}.json", f"{run_id}-loss-scale.html"]
+    )
     ui.assert_no_exception(page)
 
 
@@ -219,7 +272,9 @@ def test_train_start_stop_then_the_run_on_runs(app_server, new_page, ui, shots_d
     run_id = ui.wait_until(lambda: ui.url_params(page).get("run"), ui.PAGE_S, message="?run=<id> on Train")[0]
     ui.wait_until(lambda: ui.loss_points(page) > 0, ui.RUN_S, message="the run's first points")
     page.locator("[data-testid='stMain']").get_by_role("button", name="Stop", exact=True).click()
-    ui.wait_until(lambda: ui.read_status(app_server.runs_dir, run_id).get("state") == "stopped", 60, message="the run to stop")
+    ui.wait_until(
+        lambda: ui.read_status(app_server.runs_dir, run_id).get("state") == "stopped", 60, message="the run to stop"
+    )
     steps = ui.wait_until(lambda: re.search(r"stopped · step (\d+)", " ".join(page.locator("[data-testid='stProgress']").all_inner_texts())),
                           60, message="Train to say stopped").group(1)  # fmt: skip
 
@@ -269,7 +324,11 @@ def test_precision_link_round_trip(app_server, new_page, ui, shots_dir):
     choose(page, "use_amp", "True")
     page.locator("[data-testid='stCheckbox']").filter(has_text="CUDA available").locator("label").click()
     want = {"precision": ["bf16-mixed"], "use_amp": ["True"], "cuda": ["true"]}
-    ui.wait_until(lambda: {k: v for k, v in ui.url_params(page).items() if k in want} == want, ui.PAGE_S, message=f"{want} in the URL")
+    ui.wait_until(
+        lambda: {k: v for k, v in ui.url_params(page).items() if k in want} == want,
+        ui.PAGE_S,
+        message=f"{want} in the URL",
+    )
 
     page.reload()
     ui.settle(page)
@@ -277,14 +336,21 @@ def test_precision_link_round_trip(app_server, new_page, ui, shots_dir):
     assert combobox_value(page, "use_amp") == "True"
     assert page.get_by_role("checkbox", name="CUDA available").is_checked()
     assert page.get_by_role("checkbox", name="Use GPU").is_checked()
-    rule = page.locator("[data-testid='stMetric']").filter(has_text="Project rule gives").locator("[data-testid='stMetricValue']")
+    rule = (
+        page.locator("[data-testid='stMetric']")
+        .filter(has_text="Project rule gives")
+        .locator("[data-testid='stMetricValue']")
+    )
     assert rule.inner_text().strip() == "'16'"
     assert alerts(page, "The rule turned this bf16 request ('bf16-mixed') into '16'").count() == 1
     ui.assert_no_exception(page)
     ui.screenshot(page, shots_dir, "journey-precision-round-trip")
 
     ui.open_page(page, app_server, "/Precision?cuda=yes&gpu=0")
-    assert alerts(page, "Ignored the link's cuda value").count() == 1 and alerts(page, "Ignored the link's gpu value").count() == 1
+    assert (
+        alerts(page, "Ignored the link's cuda value").count() == 1
+        and alerts(page, "Ignored the link's gpu value").count() == 1
+    )
     assert not page.get_by_role("checkbox", name="CUDA available").is_checked()
     assert page.get_by_role("checkbox", name="Use GPU").is_checked()
     assert not {"cuda", "gpu"} & set(ui.url_params(page))
@@ -303,13 +369,19 @@ def test_formats_inputs(app_server, new_page, ui, shots_dir):
     value.fill("70000")
     value.press("Enter")
     ui.wait_until(lambda: ui.url_params(page).get("value") == ["70000"], ui.PAGE_S, message="value=70000 in the URL")
-    ui.wait_until(lambda: row("fp16")[1:2] == ["Infinity"] and "overflow" in row("fp16"), ui.PAGE_S, message="fp16 to overflow 70000")
+    ui.wait_until(
+        lambda: row("fp16")[1:2] == ["Infinity"] and "overflow" in row("fp16"),
+        ui.PAGE_S,
+        message="fp16 to overflow 70000",
+    )
     assert row("bf16")[1] == "70144" and "rounded" in row("bf16"), row("bf16")  # bf16 holds it, to 8 significant bits
     assert row("fp32")[1] == "70000" and "exact" in row("fp32"), row("fp32")
 
     gradient = page.get_by_role("spinbutton", name="Gradient value", exact=True)
     gradient.fill("1e-10")
     gradient.press("Enter")
-    ui.wait_until(lambda: ui.url_params(page).get("gradient") == ["1e-10"], ui.PAGE_S, message="gradient=1e-10 in the URL")
+    ui.wait_until(
+        lambda: ui.url_params(page).get("gradient") == ["1e-10"], ui.PAGE_S, message="gradient=1e-10 in the URL"
+    )
     ui.assert_no_exception(page)
     ui.screenshot(page, shots_dir, "journey-formats")

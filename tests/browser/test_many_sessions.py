@@ -6,7 +6,7 @@ viewers open and after they have received at least 100 live redraws between them
 
 In a real room each viewer's browser runs on their own machine. Here fourteen Chromium renderers
 share this machine's two cores with the server and the run, and the viewers' redraw interval
-stretches with the CPU pressure (amp_core.live.RedrawPacer): the test counts redraws, it does not
+stretches with the CPU pressure (amp_core.serve.live.RedrawPacer): the test counts redraws, it does not
 time them; bench/crowd.py measures the rates.
 """
 
@@ -95,7 +95,9 @@ def test_ten_viewers_and_three_queued_starts(app_server, new_page, ui):
     viewers = [new_page() for _ in range(VIEWERS)]  # ten people with a browser open, before the run starts
     starters = [new_page() for _ in range(STARTERS)]
     watched = start(trainer, ui, app_server, WATCHED_STEPS)
-    ui.wait_until(lambda: states(runs).get(watched, {}).get("state") == "running", ui.RUN_S, message="the watched run to train")
+    ui.wait_until(
+        lambda: states(runs).get(watched, {}).get("state") == "running", ui.RUN_S, message="the watched run to train"
+    )
 
     rss_before = rss_mb(app_server.proc.pid)
     t0 = time.monotonic()
@@ -110,7 +112,9 @@ def test_ten_viewers_and_three_queued_starts(app_server, new_page, ui):
     queued_ids = [start(s, ui, app_server, 40) for s in starters]
     # One run per device: while the watched run trains, the three new ones wait in the queue.
     st = states(runs)
-    assert all(st[q]["state"] == "queued" for q in queued_ids if st[watched]["state"] == "running"), {q: st[q]["state"] for q in queued_ids}
+    assert all(st[q]["state"] == "queued" for q in queued_ids if st[watched]["state"] == "running"), {
+        q: st[q]["state"] for q in queued_ids
+    }
 
     loaded_s = time.monotonic() - t0
     steps_at_load = steps_done(runs / watched)
@@ -124,14 +128,20 @@ def test_ten_viewers_and_three_queued_starts(app_server, new_page, ui):
     rss_after = rss_mb(app_server.proc.pid)
     watched_s = time.monotonic() - t0 - loaded_s
 
-    ui.wait_until(lambda: states(runs)[watched]["state"] == "completed", ui.RUN_S * 4, message="the watched run to complete")
+    ui.wait_until(
+        lambda: states(runs)[watched]["state"] == "completed", ui.RUN_S * 4, message="the watched run to complete"
+    )
     for i, v in enumerate(viewers):
         ui.wait_until(lambda v=v: v.get_by_text(re.compile(r"^completed · \d+ steps")).count() > 0, ui.PAGE_S,
                       message=f"viewer {i} to see the run completed")  # fmt: skip
         ui.assert_no_exception(v)
 
     # The queued runs ran in turn, never two at once, in the order they were started.
-    ui.wait_until(lambda: all(states(runs)[q]["state"] == "completed" for q in queued_ids), ui.RUN_S * 2, message="the queued runs")
+    ui.wait_until(
+        lambda: all(states(runs)[q]["state"] == "completed" for q in queued_ids),
+        ui.RUN_S * 2,
+        message="the queued runs",
+    )
     st = states(runs)
     spans = sorted((st[r]["started_at"], st[r]["ended_at"], r) for r in [watched, *queued_ids])
     assert [r for *_, r in spans] == [watched, *queued_ids]
@@ -145,8 +155,10 @@ def test_ten_viewers_and_three_queued_starts(app_server, new_page, ui):
         {"viewers": VIEWERS, "viewers_loaded_s": round(loaded_s, 1), "each_viewer_load_s": load_s, "redraws_seen": sum(seen), "watched_s": round(watched_s, 1),
          "slowest_viewer_redraws": min(seen), "watched_step_when_loaded": steps_at_load, "rss_before_mb": round(rss_before, 1),
          "rss_after_mb": round(rss_after, 1), "growth_mb": round(growth, 1)}, indent=1))  # fmt: skip
-    print(f"[many sessions] {VIEWERS} viewers loaded in {loaded_s:.0f} s (each: {load_s}); the run was at step "
-          f"{steps_at_load} of {WATCHED_STEPS}; {sum(seen)} live redraws counted by then + {watched_s:.0f} s; "
-          f"server RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+    print(
+        f"[many sessions] {VIEWERS} viewers loaded in {loaded_s:.0f} s (each: {load_s}); the run was at step "
+        f"{steps_at_load} of {WATCHED_STEPS}; {sum(seen)} live redraws counted by then + {watched_s:.0f} s; "
+        f"server RSS {rss_before:.0f} -> {rss_after:.0f} MB"
+    )
     assert sum(seen) >= 100, f"{seen} redraws per viewer (the run ended first)"
     assert growth < MEMORY_GROWTH_LIMIT_MB, f"server memory grew {growth:.1f} MB over {sum(seen)} redraws"

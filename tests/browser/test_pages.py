@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amp_core.runs import METRIC_COLUMNS, RunWriter, change_points, load_run, now_iso
+from amp_core.record import METRIC_COLUMNS, RunWriter, change_points, load_run, now_iso
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,13 @@ def progress_text(page) -> str:
 
 
 def metric_value(page, label: str) -> str:
-    return page.locator("[data-testid='stMetric']").filter(has_text=label).locator("[data-testid='stMetricValue']").inner_text().strip()
+    return (
+        page.locator("[data-testid='stMetric']")
+        .filter(has_text=label)
+        .locator("[data-testid='stMetricValue']")
+        .inner_text()
+        .strip()
+    )
 
 
 def combobox_value(page, label: str) -> str:
@@ -133,7 +139,9 @@ def test_page_opens_without_exception(app_server, new_page, ui, shots_dir, path,
     ui.open_page(page, app_server, path)
     ui.assert_no_exception(page)
     links = page.locator(ui.NAV_LINKS)
-    hrefs = [re.sub(r"^https?://[^/]+", "", links.nth(i).get_attribute("href") or "") or "/" for i in range(links.count())]
+    hrefs = [
+        re.sub(r"^https?://[^/]+", "", links.nth(i).get_attribute("href") or "") or "/" for i in range(links.count())
+    ]
     assert hrefs == NAV_PATHS, f"sidebar nav: {links.all_inner_texts()}"
     assert set(CORE_PATHS) <= set(hrefs)
     assert page.locator("h1").first.inner_text().strip(), "the page has no title"
@@ -152,8 +160,14 @@ def test_page_opens_without_exception(app_server, new_page, ui, shots_dir, path,
 @pytest.mark.parametrize(
     "query,expected",
     [
-        ({"precision": "bf16", "use_amp": "None", "cuda": "false", "gpu": "false"}, {"rule": "'bf16'", "final": "bf16-mixed"}),
-        ({"precision": "16-mixed", "use_amp": "False", "cuda": "true", "gpu": "true"}, {"rule": "'32'", "final": "32-true"}),
+        (
+            {"precision": "bf16", "use_amp": "None", "cuda": "false", "gpu": "false"},
+            {"rule": "'bf16'", "final": "bf16-mixed"},
+        ),
+        (
+            {"precision": "16-mixed", "use_amp": "False", "cuda": "true", "gpu": "true"},
+            {"rule": "'32'", "final": "32-true"},
+        ),
     ],
     ids=["bf16-alias", "use_amp-false"],
 )
@@ -177,14 +191,26 @@ def test_precision_widgets_write_the_url(app_server, new_page, ui):
     assert "precision" not in ui.url_params(page)  # defaults stay out of the URL
 
     choose(page, "Requested precision", "bf16-mixed")
-    ui.wait_until(lambda: ui.url_params(page).get("precision") == ["bf16-mixed"], ui.PAGE_S, message="precision=bf16-mixed in the URL")
-    ui.wait_until(lambda: metric_value(page, "Lightning trains in") == "bf16-mixed", ui.PAGE_S, message="the resolved precision to follow")
+    ui.wait_until(
+        lambda: ui.url_params(page).get("precision") == ["bf16-mixed"],
+        ui.PAGE_S,
+        message="precision=bf16-mixed in the URL",
+    )
+    ui.wait_until(
+        lambda: metric_value(page, "Lightning trains in") == "bf16-mixed",
+        ui.PAGE_S,
+        message="the resolved precision to follow",
+    )
 
     click_checkbox(page, "Use GPU")  # default on
     ui.wait_until(lambda: ui.url_params(page).get("gpu") == ["false"], ui.PAGE_S, message="gpu=false in the URL")
     choose(page, "use_amp", "False")
-    ui.wait_until(lambda: ui.url_params(page).get("use_amp") == ["False"], ui.PAGE_S, message="use_amp=False in the URL")
-    ui.wait_until(lambda: metric_value(page, "Lightning trains in") == "32-true", ui.PAGE_S, message="use_amp=False to force fp32")
+    ui.wait_until(
+        lambda: ui.url_params(page).get("use_amp") == ["False"], ui.PAGE_S, message="use_amp=False in the URL"
+    )
+    ui.wait_until(
+        lambda: metric_value(page, "Lightning trains in") == "32-true", ui.PAGE_S, message="use_amp=False to force fp32"
+    )
     ui.assert_no_exception(page)
 
     # The URL is the shareable state: another user opening it sees the same view.
@@ -248,7 +274,11 @@ def test_train_short_run_draws_live_and_completes(app_server, new_page, ui, shot
 def test_long_run_watched_live_elsewhere_then_stopped(app_server, new_page, ui, shots_dir):
     trainer = new_page()
     run_id = start_run(trainer, ui, app_server, 100_000)
-    ui.wait_until(lambda: "running" in progress_text(trainer) and ui.loss_points(trainer) > 0, ui.RUN_S, message="the long run to be training")
+    ui.wait_until(
+        lambda: "running" in progress_text(trainer) and ui.loss_points(trainer) > 0,
+        ui.RUN_S,
+        message="the long run to be training",
+    )
 
     # A second user opens the run's link on the Runs page and sees it live.
     viewer = new_page()
@@ -256,7 +286,9 @@ def test_long_run_watched_live_elsewhere_then_stopped(app_server, new_page, ui, 
     ui.assert_no_exception(viewer)
     assert combobox_value(viewer, "Open a run").startswith(run_id)
     first = ui.wait_until(lambda: ui.loss_points(viewer), ui.PAGE_S, message="the viewer's loss chart")
-    ui.wait_until(lambda: ui.loss_points(viewer) > first, ui.PAGE_S, message=f"the viewer's chart to grow past {first} points")
+    ui.wait_until(
+        lambda: ui.loss_points(viewer) > first, ui.PAGE_S, message=f"the viewer's chart to grow past {first} points"
+    )
     mine = ui.loss_points(trainer)
     ui.wait_until(lambda: ui.loss_points(trainer) > mine, ui.PAGE_S, message="the trainer's chart to keep growing")
     assert ui.read_status(app_server.runs_dir, run_id).get("state") == "running"

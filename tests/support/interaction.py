@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
@@ -32,13 +33,54 @@ from streamlit.testing.v1 import AppTest
 # Text a user might type or paste: empty, spaces, separators, numbers past every range, markup, control
 # characters, very long input; and arbitrary unicode on top.
 JUNK_TEXT = [
-    "", " ", ",", ", ,", "0", "-1", "1, 2, 3", "10, x", "1,,2", "1e309", "-0", "nan", "inf", "9" * 40,
-    "<script>alert(1)</script>", "../../etc/passwd", "\x00", "\n\t", "émoji 🧪", "x" * 2000,
+    "",
+    " ",
+    ",",
+    ", ,",
+    "0",
+    "-1",
+    "1, 2, 3",
+    "10, x",
+    "1,,2",
+    "1e309",
+    "-0",
+    "nan",
+    "inf",
+    "9" * 40,
+    "<script>alert(1)</script>",
+    "../../etc/passwd",
+    "\x00",
+    "\n\t",
+    "émoji 🧪",
+    "x" * 2000,
 ]
-JUNK_LINK = ["", "junk", "../../etc/passwd", "<script>alert(1)</script>", "%00", "x" * 300, "1e999", "NaN", "-1", "true", " "]
+JUNK_LINK = [
+    "",
+    "junk",
+    "../../etc/passwd",
+    "<script>alert(1)</script>",
+    "%00",
+    "x" * 300,
+    "1e999",
+    "NaN",
+    "-1",
+    "true",
+    " ",
+]
 # Download buttons are left out: with on_click="ignore" they do not rerun, and their data is made only
 # when the browser fetches it (the browser journeys check the files).
-WIDGET_KINDS = ("selectbox", "multiselect", "radio", "select_slider", "checkbox", "toggle", "number_input", "text_input", "text_area", "button")
+WIDGET_KINDS = (
+    "selectbox",
+    "multiselect",
+    "radio",
+    "select_slider",
+    "checkbox",
+    "toggle",
+    "number_input",
+    "text_input",
+    "text_area",
+    "button",
+)
 
 
 @dataclass
@@ -77,12 +119,20 @@ def spread(pick: int) -> int:
     return (pick * 2654435761 % 2**32) >> 16
 
 
-DRAW = st.builds(Draw, st.integers(min_value=0, max_value=2**16 - 1), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=60))
+DRAW = st.builds(
+    Draw,
+    st.integers(min_value=0, max_value=2**16 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=60),
+)
 
 
 def draw_link(data, candidates: dict[str, list[str]]) -> dict[str, str]:
     """Query parameters to open the page with: each present or not, any of its candidate values."""
-    picks = data.draw(st.lists(st.integers(min_value=0, max_value=2**16 - 1), min_size=len(candidates), max_size=len(candidates)), label="link")
+    picks = data.draw(
+        st.lists(st.integers(min_value=0, max_value=2**16 - 1), min_size=len(candidates), max_size=len(candidates)),
+        label="link",
+    )
     chosen = {}
     for (name, values), pick in zip(candidates.items(), picks):
         mixed = spread(pick)
@@ -96,7 +146,14 @@ def _number_value(w, d: Draw) -> int | float:
     is_int = w.proto.data_type == w.proto.DataType.INT
     step = w.step or 1
     lo, hi = w.min, w.max
-    edges = [w.value, 0, 1, -1, *([lo, lo - step, lo + step] if lo is not None else []), *([hi, hi + step, hi - step] if hi is not None else [])]
+    edges = [
+        w.value,
+        0,
+        1,
+        -1,
+        *([lo, lo - step, lo + step] if lo is not None else []),
+        *([hi, hi + step, hi - step] if hi is not None else []),
+    ]
     edges += [2**63, -(2**63)] if is_int else [1e308, -1e308, 1e-300, 5e-324, 65504.0, 65520.0, 1e-8]
     edges = [v for v in edges if v is not None and math.isfinite(v)]
     if d.pick % (len(edges) + 1) < len(edges):
@@ -250,9 +307,14 @@ REPORT: dict[str, dict] = {}
 def report_lines() -> list[str]:
     if not REPORT:
         return []
-    lines = [f"{page}: {r['sequences']} sequences, {r['actions']} actions, {r['seconds']:.0f} s, {r['outcome']}"
-             + (f"; runs it started, by state now: {r['runs started']}" if r.get("runs started") else "") for page, r in REPORT.items()]
+    lines = [
+        f"{page}: {r['sequences']} sequences, {r['actions']} actions, {r['seconds']:.0f} s, {r['outcome']}"
+        + (f"; runs it started, by state now: {r['runs started']}" if r.get("runs started") else "")
+        for page, r in REPORT.items()
+    ]
     total = sum(r["sequences"] for r in REPORT.values())
-    lines.append(f"total: {total} random sequences, {sum(r['actions'] for r in REPORT.values())} actions, "
-                 f"{sum(r['seconds'] for r in REPORT.values()):.0f} s")
+    lines.append(
+        f"total: {total} random sequences, {sum(r['actions'] for r in REPORT.values())} actions, "
+        f"{sum(r['seconds'] for r in REPORT.values()):.0f} s"
+    )
     return lines

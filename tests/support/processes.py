@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from amp_core.runs import STATUS_FILE
+from amp_core.record import STATUS_FILE
 
 
 def wait_until(predicate, timeout: float = 120.0, what: str = "condition", interval: float = 0.05):
@@ -53,7 +53,7 @@ def is_training_process(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"amp_core.worker" in cmdline or b"amp_core.train" in cmdline
+    return b"amp_core.serve.worker" in cmdline or b"amp_core.train" in cmdline
 
 
 def kill_pid(pid) -> None:
@@ -86,6 +86,6 @@ def memory_capped_python(folder: Path, limit_bytes: int) -> Path:
     with a clear out-of-memory record, as on a small machine, instead of taking the shared machine's memory.
     """
     script = Path(folder) / "python-memory-capped"
-    script.write_text(f"#!/bin/sh\nulimit -v {limit_bytes // 1024}\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    script.write_text(f'#!/bin/sh\nulimit -v {limit_bytes // 1024}\nexec {shlex.quote(sys.executable)} "$@"\n')
     script.chmod(0o755)
     return script

@@ -27,10 +27,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from amp_core import compare
-from amp_core.runs import CONFIG_FILE, HISTOGRAMS_FILE, METRICS_FILE, STATUS_FILE, RunWriter, now_iso
-from amp_core.train import RunConfig
-
+from amp_core.analysis import compare
+from amp_core.record import CONFIG_FILE, HISTOGRAMS_FILE, METRICS_FILE, STATUS_FILE, RunWriter, now_iso
+from amp_core.training.cli import RunConfig
 from tests.support.processes import kill_pid, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +63,9 @@ def start_cli_run(staging: Path, *flags: str) -> subprocess.Popen:
     staging.mkdir(parents=True, exist_ok=True)
     log = open(staging.parent / f"{staging.name}.log", "wb")
     cmd = [sys.executable, "-m", "amp_core.train", *flags, "--runs-dir", str(staging)]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO, start_new_session=True)
+    return subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO, start_new_session=True
+    )
 
 
 def only_record(staging: Path) -> Path:
@@ -82,17 +83,36 @@ def metric_lines(staging: Path) -> int:
 
 def _comparison_flags(staging: Path) -> list[tuple[str, list[str]]]:
     """The three runs of one comparison, planned as the Compare page plans them."""
-    configs = compare.plan(["32-true", "16-mixed", "bf16-mixed"], on_cuda=False, max_steps=20, batch_size=16, hidden=32, depth=2,
-                           accelerator="cpu", runs_dir=str(staging))
+    configs = compare.plan(
+        ["32-true", "16-mixed", "bf16-mixed"],
+        on_cuda=False,
+        max_steps=20,
+        batch_size=16,
+        hidden=32,
+        depth=2,
+        accelerator="cpu",
+        runs_dir=str(staging),
+    )
     extra = {
-        "16-mixed": ["--init-scale", str(2.0**30), "--growth-interval", "3", "--inject-overflow", "5,12", "--histogram-every", "5"],
+        "16-mixed": [
+            "--init-scale",
+            str(2.0**30),
+            "--growth-interval",
+            "3",
+            "--inject-overflow",
+            "5,12",
+            "--histogram-every",
+            "5",
+        ],
         "bf16-mixed": ["--fault", "raise@10"],
     }
     return [(f"compare-{c.precision}", [*compare.train_argv(c), *extra.get(c.precision, [])]) for c in configs]
 
 
 def _end_long_run(proc: subprocess.Popen, staging: Path, sig: signal.Signals) -> None:
-    wait_until(lambda: metric_lines(staging) >= 5 or proc.poll() is not None, RUN_TIMEOUT_S, f"steps from {staging.name}", 0.1)
+    wait_until(
+        lambda: metric_lines(staging) >= 5 or proc.poll() is not None, RUN_TIMEOUT_S, f"steps from {staging.name}", 0.1
+    )
     if proc.poll() is None:
         os.kill(proc.pid, sig)
 
@@ -103,11 +123,29 @@ def _run_all(staging_root: Path) -> dict[str, Path]:
         **dict(_comparison_flags(staging_root / "compare")),
         "stopped": [*SMALL, *LONG, "--precision", "16-mixed"],
         "interrupted": [*SMALL, *LONG, "--precision", "32-true"],
-        "multi-rank": [*SMALL, "--max-steps", "20", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
-                       "--precision", "16-mixed", "--init-scale", str(2.0**24), "--growth-interval", "5"],
+        "multi-rank": [
+            *SMALL,
+            "--max-steps",
+            "20",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--precision",
+            "16-mixed",
+            "--init-scale",
+            str(2.0**24),
+            "--growth-interval",
+            "5",
+        ],
     }
     # The comparison's runs share its group but each goes to its own staging folder first.
-    procs = {kind: start_cli_run(staging_root / kind, *[f for f in flags if not f.startswith("--runs-dir")]) for kind, flags in starts.items()}
+    procs = {
+        kind: start_cli_run(staging_root / kind, *[f for f in flags if not f.startswith("--runs-dir")])
+        for kind, flags in starts.items()
+    }
     try:
         _end_long_run(procs["stopped"], staging_root / "stopped", signal.SIGTERM)
         _end_long_run(procs["interrupted"], staging_root / "interrupted", signal.SIGKILL)

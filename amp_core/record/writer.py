@@ -1,0 +1,107 @@
+"""RunWriter: creates a run folder and writes its record (the training process and the queue use it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from amp_core.record.files import (
+    CONFIG_FILE,
+    HISTOGRAMS_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+    RunRecordError,
+    json_number,
+    now_iso,
+    read_json,
+    refuse_recording,
+    write_json_atomic,
+)
+
+
+class RunWriter:
+    """Creates a run folder and writes its record. Used by the training process (and the queue)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.id = self.path.name
+        self._metrics = None
+        self._histograms = None
+        self._status: dict[str, Any] = {}
+
+    @classmethod
+    def create(cls, runs_dir: str | os.PathLike, config: dict, label: str = "run") -> RunWriter:
+        runs_dir = Path(runs_dir)
+        refuse_recording(runs_dir, "a new run in the recordings folder")
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunRecordError(f"cannot create runs directory {str(runs_dir)!r}: {e.strerror or e}") from None
+        if not os.access(runs_dir, os.W_OK | os.X_OK):
+            raise RunRecordError(f"runs directory {str(runs_dir)!r} is not writable")
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "-", label).strip("-")[:40] or "run"
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        for _ in range(100):
+            path = runs_dir / f"{stamp}-{slug}-{secrets.token_hex(3)}"
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 random collisions in one second
+            raise RunRecordError("could not allocate a run folder")
+        writer = cls(path)
+        write_json_atomic(path / CONFIG_FILE, {"id": writer.id, **config})
+        (path / METRICS_FILE).touch()
+        return writer
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunWriter:
+        refuse_recording(path, "writing its record")
+        writer = cls(Path(path))
+        writer._status = read_json(writer.path / STATUS_FILE) if (writer.path / STATUS_FILE).exists() else {}
+        return writer
+
+    def set_status(self, state: str, **fields: Any) -> dict:
+        self._status.update(fields, state=state, updated_at=now_iso())
+        write_json_atomic(self.path / STATUS_FILE, self._status)
+        return dict(self._status)
+
+    def add_warning(self, message: str) -> None:
+        warnings = self._status.setdefault("warnings", [])
+        if message not in warnings:
+            warnings.append(message)
+            self.set_status(self._status.get("state", "running"))
+
+    def update_config(self, **fields: Any) -> None:
+        config = read_json(self.path / CONFIG_FILE)
+        config.update(fields)
+        write_json_atomic(self.path / CONFIG_FILE, config)
+
+    def append_metrics(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        if self._metrics is None:
+            self._metrics = open(self.path / METRICS_FILE, "a", encoding="utf-8")
+        # One write of whole lines, then flush: a reader never sees half of a line we wrote
+        # unless the process dies inside write(), and readers skip a partial last line anyway.
+        self._metrics.write("".join(json.dumps(r, allow_nan=False, default=json_number) + "\n" for r in rows))
+        self._metrics.flush()
+
+    def append_histogram(self, row: dict) -> None:
+        if self._histograms is None:
+            self._histograms = open(self.path / HISTOGRAMS_FILE, "a", encoding="utf-8")
+        self._histograms.write(json.dumps(row) + "\n")
+        self._histograms.flush()
+
+    def close(self) -> None:
+        for name in ("_metrics", "_histograms"):
+            f = getattr(self, name)
+            if f is not None:
+                f.close()
+                setattr(self, name, None)

@@ -1,0 +1,427 @@
+"""Lightning callbacks that make the loss scale visible.
+
+`AmpWandbCallback` is the seed's contract: AMP facts and the loss scale to the active W&B run.
+`LossScaleMonitor` records, every optimizer step, what the GradScaler did (scale, skipped step,
+growth tracker) with the unscaled gradient norm and the loss, and publishes it through
+`trainer.loggers` in the manner of Lightning's `LearningRateMonitor`.
+
+On CUDA the monitor adds no host synchronisation per step: it keeps 0-d device tensors, stacks
+them every `flush_every` steps and copies them into pinned host memory without blocking; a CUDA
+event says when the copy has landed, and only then are the values published.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from torch.amp.grad_scaler import OptState
+
+from amp_core.training.skip_probe import SkipLedgerProbe
+
+FP16_PRECISIONS = ("16", "16-mixed", "16_true")
+
+
+def get_scaler(trainer: Any) -> Any:
+    """The trainer's GradScaler (or any object with `get_scale()`), or None."""
+    strategy = getattr(trainer, "strategy", None)
+    plugin = getattr(strategy, "precision_plugin", None)
+    return getattr(plugin, "scaler", None)
+
+
+def get_loss_scale(trainer: Any) -> float | None:
+    """The current loss scale, or None without a strategy, plugin or scaler, or if reading fails.
+
+    Note: `GradScaler.get_scale()` calls `.item()`, one host sync on CUDA. Per-step readers should
+    use `LossScaleMonitor`, which does not sync.
+    """
+    scaler = get_scaler(trainer)
+    if scaler is None:
+        return None
+    try:
+        return float(scaler.get_scale())
+    except Exception:
+        return None
+
+
+def _wandb_module() -> Any:
+    try:
+        return importlib.import_module("wandb")
+    except Exception:
+        return None
+
+
+class AmpWandbCallback(Callback):
+    """Logs AMP facts to the active W&B run: every `log_every_n_steps` optimizer steps and each epoch end.
+
+    Args:
+        enabled: whether AMP is on for this run (logged as `amp/enabled`).
+        precision: the precision the run uses; `amp/loss_scale` is logged only for fp16 variants.
+        log_every_n_steps: per-step logging cadence; None follows `trainer.log_every_n_steps`.
+            Reading the scale is one host sync on CUDA, so each logged step costs one.
+
+    W&B steps stay monotonic: nothing is logged with an explicit `step=`; every payload carries
+    `trainer/global_step` (the x-axis `WandbLogger` defines), so epoch-end logs after per-step
+    logs are never dropped. No W&B installed, no active run, or W&B raising: training goes on.
+    """
+
+    def __init__(self, enabled: bool, precision: str, log_every_n_steps: int | None = None):
+        if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
+            raise MisconfigurationException(
+                f"log_every_n_steps must be a positive int or None, got {log_every_n_steps!r}"
+            )
+        self.enabled = bool(enabled)
+        self.precision = str(precision)
+        self.log_every_n_steps = log_every_n_steps
+        self._warned = False
+
+    @property
+    def logs_loss_scale(self) -> bool:
+        return self.enabled and self.precision in FP16_PRECISIONS
+
+    def _get_loss_scale(self, trainer: Any) -> float | None:
+        """The seed's `amp_utils.AmpWandbCallback._get_loss_scale`, kept so code written against it runs
+        unchanged (subclasses that override it change what is logged); same as `get_loss_scale`."""
+        return get_loss_scale(trainer)
+
+    def _payload(self, trainer: Any) -> dict[str, Any]:
+        payload: dict[str, Any] = {"amp/enabled": 1 if self.enabled else 0, "amp/precision": self.precision}
+        if self.logs_loss_scale:
+            scale = self._get_loss_scale(trainer)
+            if scale is not None:
+                payload["amp/loss_scale"] = scale
+        return payload
+
+    def _log(self, payload: dict[str, Any]) -> None:
+        wandb = _wandb_module()
+        try:
+            if wandb is None or getattr(wandb, "run", None) is None:
+                return
+            wandb.log(payload)
+        except Exception as e:  # W&B must never stop training
+            if not self._warned:
+                self._warned = True
+                rank_zero_warn(f"AmpWandbCallback: W&B logging failed, training goes on: {type(e).__name__}: {e}")
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        every = self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50)
+        step = trainer.global_step
+        if step == 0 or step % every or step == getattr(self, "_last_step", None):
+            return
+        self._last_step = step
+        payload = self._payload(trainer)
+        if "amp/loss_scale" in payload:
+            self._log({"amp/loss_scale": payload["amp/loss_scale"], "trainer/global_step": step})
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any = None) -> None:
+        payload = self._payload(trainer)
+        payload["epoch"] = getattr(trainer, "current_epoch", 0)
+        if hasattr(trainer, "global_step"):
+            payload["trainer/global_step"] = trainer.global_step
+        self._log(payload)
+
+
+class LossScaleMonitor(Callback):
+    """Records the loss scale, skipped steps, growth tracker, unscaled gradients and loss each step.
+
+    Publishes through `trainer.loggers` as `amp/loss_scale` (only with a GradScaler), `amp/skipped`
+    (1.0 when the scaler found inf/NaN gradients and skipped the step), `amp/growth_tracker`,
+    `amp/grad_norm` (global L2 norm of the unscaled gradients), `amp/grad_max` (their largest
+    absolute value) and `amp/loss`, at the step Lightning was on when the step ran (`global_step`
+    advances on skipped steps too).
+
+    For every skipped step it also keeps a ledger row (handed to loggers with a
+    `log_skipped_step(step, row)` method): whether the gradients held inf or NaN, the parameter that
+    first held one in backward order (the first to receive its gradient: where the overflow began,
+    as inf spreads from there to every earlier layer), the scale before and after, and whether an LR
+    scheduler stepped although the optimizer did not. The flags and the parameter's index are
+    computed on the device and travel in the same batched copy as the other values.
+
+    Every `histogram_every` steps it also counts the unscaled gradient values in log2 bins (on the
+    device, like everything else) and hands the histogram to loggers that have a
+    `log_grad_histogram(step, log2_lo, counts, zeros, nonfinite)` method.
+
+    A skipped step is read as the scale dropping in `GradScaler.update()`: that is the same with
+    fused optimizers, which unscale inside `step()` and leave the scaler's per-optimizer state empty.
+
+    Args:
+        flush_every: steps kept on the device before one batched copy to the host. None: every
+            step on CPU (a copy is free there), 20 on CUDA.
+        histogram_every: steps between gradient histograms; None for none.
+    """
+
+    KEYS = ("amp/loss", "amp/loss_scale", "amp/skipped", "amp/grad_norm", "amp/grad_max", "amp/growth_tracker")
+    # Bin k of a histogram counts |g| in [2**(LOG2_LO + k), 2**(LOG2_LO + k + 1)); the first bin also
+    # takes everything smaller, zeros included (they are counted apart as well).
+    LOG2_LO, LOG2_HI = -64, 32
+
+    def __init__(self, flush_every: int | None = None, histogram_every: int | None = None):
+        for name, value in (("flush_every", flush_every), ("histogram_every", histogram_every)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise MisconfigurationException(
+                    f"LossScaleMonitor: {name} must be a positive int or None, got {value!r}"
+                )
+        self.flush_every = flush_every
+        self.histogram_every = histogram_every
+        self._pending: dict[str, Any] | None = None  # the step between on_before_optimizer_step and update()
+        self._steps: list[int] = []
+        self._scheduler_moves: list[tuple[bool, bool]] = []  # host facts per step: (scheduler moved, optimizer stepped)
+        self._rows: list[torch.Tensor] = []
+        self._hists: list[tuple[int, torch.Tensor]] = []
+        self._in_flight: list[tuple[list[int], torch.Tensor, list[int], torch.Tensor | None, Any]] = []
+        self._has_scaler = False
+        self._cuda = False
+        self._ledger = SkipLedgerProbe()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and not trainer.loggers:
+            raise MisconfigurationException(
+                "Cannot use `LossScaleMonitor` callback with `Trainer` that has no logger: "
+                "pass a logger, e.g. `Trainer(logger=RunRecordLogger(...))` or `CSVLogger`."
+            )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not pl_module.automatic_optimization:
+            rank_zero_warn(
+                "LossScaleMonitor follows automatic optimization; with manual optimization it records nothing."
+            )
+        self._has_scaler = get_scaler(trainer) is not None
+        self._cuda = trainer.strategy.root_device.type == "cuda"
+        if self.flush_every is None:
+            self.flush_every = 20 if self._cuda else 1
+        self._ledger.attach(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._ledger.batch_start(trainer)
+
+    def _histogram(self, grads: list[torch.Tensor], log2_unscale: torch.Tensor) -> torch.Tensor:
+        """[zeros, nonfinite, counts...] of |g| / scale in log2 bins, without leaving the device."""
+        bins = self.LOG2_HI - self.LOG2_LO
+        out = torch.zeros(bins + 2, device=grads[0].device)
+        for g in grads:
+            a = g.detach().abs().float().flatten()
+            out[0] += (a == 0).sum()
+            out[1] += (~torch.isfinite(a)).sum()
+            # log2(0) = -inf is clamped into the first bin; inf and NaN fall outside histc's range.
+            x = (torch.log2(a) - log2_unscale).clamp(min=self.LOG2_LO)
+            out[2:] += torch.histc(x, bins=bins, min=self.LOG2_LO, max=self.LOG2_HI)
+        return out
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        scaler = get_scaler(trainer)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        device = trainer.strategy.root_device
+        if grads:
+            norms = torch.stack(torch._foreach_norm(grads)).float()
+            norm = torch.linalg.vector_norm(norms)
+            if grads[0].is_cuda:  # one fused kernel
+                maxabs = torch.stack(torch._foreach_norm(grads, float("inf"))).float()
+            else:  # the inf-norm is a slow reduction on CPU (~1 ms for the demo MLP); min and max are not
+                extremes = [
+                    torch.stack(torch.aminmax(g)).float() if g.numel() else torch.zeros(2, device=device) for g in grads
+                ]
+                maxabs = torch.stack(extremes).abs().amax(dim=1)
+            gmax = maxabs.max()
+            ledger = self._ledger.flags(optimizer, norms, maxabs)
+        else:
+            norm = gmax = torch.zeros((), device=device)
+            ledger = torch.cat(
+                [torch.zeros(2, device=device), torch.full((1,), -1.0, device=device)]
+            )  # no inf, no NaN, no parameter
+        scale = None
+        unscale = torch.ones((), device=device)
+        if scaler is not None and getattr(scaler, "_scale", None) is not None:
+            scale = scaler._scale.detach().clone()
+            state = scaler._per_optimizer_states.get(id(optimizer), {})
+            if state.get("stage") is not OptState.UNSCALED:
+                unscale = scale  # a fused optimizer unscales inside step(): these gradients are still scaled
+        step = trainer.global_step
+        if self.histogram_every and grads and step % self.histogram_every == 0:
+            self._hists.append((step, self._histogram(grads, torch.log2(unscale))))
+        self._pending = {
+            "step": step,
+            "scale": scale,
+            "norm": (norm / unscale).detach(),
+            "max": (gmax / unscale).detach(),
+            "ledger": ledger,
+        }
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:  # gradient accumulation: no optimizer step on this batch
+            self._publish_landed(trainer, wait=False)
+            return
+        device = pending["norm"].device
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        loss = (
+            loss.detach().float().reshape(())
+            if isinstance(loss, torch.Tensor)
+            else torch.full((), float("nan"), device=device)
+        )
+        scaler = get_scaler(trainer)
+        nan = torch.full((), float("nan"), device=device)
+        if pending["scale"] is not None:
+            skipped = (scaler._scale < pending["scale"]).float()
+            tracker = scaler._growth_tracker.float() if scaler._growth_tracker is not None else nan
+            scale, scale_after = pending["scale"], scaler._scale.float().reshape(())
+        else:
+            scale, skipped, tracker, scale_after = nan, torch.zeros((), device=device), nan, nan
+        self._steps.append(pending["step"])
+        self._scheduler_moves.append(self._ledger.batch_facts(trainer))
+        values = [loss.to(device), scale, skipped, pending["norm"], pending["max"], tracker, scale_after]
+        self._rows.append(torch.cat([torch.stack(values), pending["ledger"].to(device)]))
+        if len(self._rows) >= self.flush_every:
+            self._flush()
+        self._publish_landed(trainer, wait=False)
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        block = torch.stack(self._rows)
+        hist_steps = [s for s, _ in self._hists]
+        hists = torch.stack([h for _, h in self._hists]) if self._hists else None
+        steps, self._steps, self._rows, self._hists = self._steps, [], [], []
+        moves, self._scheduler_moves = self._scheduler_moves, []
+        event = None
+        if self._cuda:
+            block, hists = (self._to_pinned(t) for t in (block, hists))
+            event = torch.cuda.Event()
+            event.record()
+        self._in_flight.append((list(zip(steps, moves)), block, hist_steps, hists, event))
+
+    @staticmethod
+    def _to_pinned(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        return host
+
+    def _publish_landed(self, trainer: pl.Trainer, wait: bool) -> None:
+        while self._in_flight:
+            steps, block, hist_steps, hists, event = self._in_flight[0]
+            if event is not None:
+                if wait:
+                    event.synchronize()
+                elif not event.query():
+                    return
+            self._in_flight.pop(0)
+            for (step, moves), values in zip(steps, block.tolist()):
+                loss, scale, skipped, norm, gmax, tracker, scale_after, *flags = values
+                metrics = {"amp/loss": loss, "amp/skipped": skipped, "amp/grad_norm": norm, "amp/grad_max": gmax}
+                if self._has_scaler:
+                    metrics["amp/loss_scale"] = scale
+                    metrics["amp/growth_tracker"] = tracker
+                for logger in trainer.loggers:
+                    logger.log_metrics(metrics, step=step)
+                if skipped:
+                    row = self._ledger.row(scale, scale_after, flags, moves)
+                    for logger in trainer.loggers:
+                        if hasattr(logger, "log_skipped_step"):
+                            logger.log_skipped_step(step, row)
+            for step, h in zip(hist_steps, hists.tolist() if hists is not None else []):
+                for logger in trainer.loggers:
+                    if hasattr(logger, "log_grad_histogram"):
+                        logger.log_grad_histogram(step, self.LOG2_LO, [int(c) for c in h[2:]], int(h[0]), int(h[1]))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush()
+        self._publish_landed(trainer, wait=True)
+        self._ledger.detach()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Whatever was measured before a failure or a stop is still worth keeping.
+        try:
+            self.on_train_end(trainer, pl_module)
+        except Exception:
+            pass
+
+
+class InjectOverflow(Callback):
+    """Puts a real inf into the gradients at chosen steps, so the GradScaler skips them on cue (demos, tests)."""
+
+    def __init__(self, steps: list[int]):
+        self.steps = frozenset(int(s) for s in steps)
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step in self.steps:
+            p = next(p for p in pl_module.parameters() if p.grad is not None)
+            p.grad.view(-1)[0] = float("inf")
+
+
+class NonFiniteLossGuard(Callback):
+    """Fails the run once the loss has been NaN or inf for `patience` steps in a row.
+
+    With a GradScaler a non-finite loss only skips steps (the scale sinks towards zero) and the run
+    would "complete" having learnt nothing; this makes it fail with a message instead. The streak is
+    counted on the device and read every `check_every` steps (None: every step on CPU, 25 on CUDA),
+    so on a GPU it costs one host sync per `check_every` steps.
+    """
+
+    def __init__(self, patience: int = 25, check_every: int | None = None):
+        if not isinstance(patience, int) or patience < 1:
+            raise MisconfigurationException(f"NonFiniteLossGuard: patience must be a positive int, got {patience!r}")
+        self.patience = patience
+        self.check_every = check_every
+        self._streak: torch.Tensor | None = None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        bad = (~torch.isfinite(loss.detach())).all()
+        self._streak = bad.long() if self._streak is None else (self._streak + 1) * bad.long()
+        every = self.check_every or (25 if loss.device.type == "cuda" else 1)
+        if trainer.global_step % every == 0 and int(self._streak) >= self.patience:
+            streak = int(self._streak)
+            raise FloatingPointError(
+                f"the loss has been NaN or inf for {streak} steps in a row (since step {trainer.global_step - streak}): "
+                "the model diverged or the data holds non-finite values"
+            )
+
+
+FAULTS = ("raise", "oom", "nan")
+
+
+class InjectFault(Callback):
+    """Makes a run fail on purpose at `step`, to show (and test) how failures are recorded.
+
+    raise: the training step raises. oom: it raises torch.OutOfMemoryError, as CUDA does when memory
+    runs out. nan: from that step on the model's output, hence the loss, is NaN.
+    """
+
+    def __init__(self, kind: str, step: int):
+        if kind not in FAULTS:
+            raise MisconfigurationException(f"InjectFault: kind must be one of {', '.join(FAULTS)}, got {kind!r}")
+        self.kind, self.step = kind, int(step)
+        self._hooked = False
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step < self.step:
+            return
+        if self.kind == "raise":
+            raise RuntimeError(f"injected fault: the training step raised at step {trainer.global_step}")
+        if self.kind == "oom":
+            raise torch.OutOfMemoryError(
+                f"injected fault: out of memory at step {trainer.global_step} (simulated; a real CUDA OOM reads alike)"
+            )
+        if not self._hooked:
+            pl_module.register_forward_hook(lambda module, args, output: output * float("nan"))
+            self._hooked = True
