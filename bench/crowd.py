@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_latency import CHROMIUM, CHROMIUM_ARGS, REPO, SETTLED, Server, cpu_ticks  # noqa: E402
+from harness import CHROMIUM, CHROMIUM_ARGS, REPO, SETTLED, Server, cpu_ticks  # noqa: E402
 
 # The last step the loss line reaches: it grows with every redraw, where the point count stops
 # growing once the line is downsampled.
