@@ -5,8 +5,8 @@
 `figures` (section "compare", CPU): for the MLP and the GPT workload, each at a size where matmuls
 take most of a step, the step time, TFLOP/s, the memory the run itself used (the RSS it added) and
 the loss difference of each precision against 32-true. `cuda_figures` (section "cuda"): the same on a
-GPU with 32-true+tf32 added and the share of the GPU's dense peak, then the monitor's host syncs per
-step and its overhead there (bench/monitor_proof.py, bench/gpu_proof.py's monitor phase).
+GPU with 32-true+tf32 added and the share of the GPU's dense peak, then the host syncs per step the
+monitor's hooks add (counted in sync debug mode) and the monitor's overhead there.
 
 The runs are the Compare machinery's: amp_core.analysis.compare.plan makes one RunConfig per variant
 in a shared compare group, each run is `python -m amp_core.training.compare_run` in a fresh process
@@ -46,7 +46,13 @@ for _path in (str(BENCH), str(REPO)):
 from report import Figure, figure, not_measured  # noqa: E402
 
 from amp_core.analysis.compare import plan, train_argv  # noqa: E402
-from amp_core.analysis.compare_summary import BASELINE, TARGETS, group_runs, summarize_group  # noqa: E402
+from amp_core.analysis.compare_summary import (  # noqa: E402
+    BASELINE,
+    TARGETS,
+    group_runs,
+    min_comparison_steps,
+    summarize_group,
+)
 
 CPU, CUDA = "compare", "cuda"
 # (workload, RunConfig settings): matmul-bound on this CPU (profiled: 66% of a 32-true MLP step and 80%
@@ -62,9 +68,12 @@ CUDA_SIZES = {
 }
 # (variants, steps, comparisons per workload). 16-mixed is emulated on a CPU without fp16 units (about
 # 10x slower than 32-true), so the quick run leaves it to the full one.
-CPU_PLAN = {True: (("32-true", "bf16-mixed"), 20, 2), False: (("32-true", "bf16-mixed", "16-mixed"), 30, 2)}
+CPU_PLAN = {
+    True: (("32-true", "bf16-mixed"), min_comparison_steps(), 2),
+    False: (("32-true", "bf16-mixed", "16-mixed"), 30, 2),
+}
 CUDA_VARIANTS = ("32-true", "32-true+tf32", "bf16-mixed", "16-mixed")
-CUDA_PLAN = {True: (CUDA_VARIANTS, 50, 2), False: (CUDA_VARIANTS, 100, 4)}
+CUDA_PLAN = {True: (CUDA_VARIANTS, min_comparison_steps(), 2), False: (CUDA_VARIANTS, 100, 4)}
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")  # + SDPA's kernels (matched by prefix)
 RUN_LIMIT_S = 900
 
@@ -102,83 +111,62 @@ def compare_once(settings: dict, variants: tuple, steps: int, runs_dir: Path, ac
     return summary
 
 
-def _median(summaries: list[dict], variant: str, key: str) -> float | None:
-    values = [r[key] for s in summaries for r in s["rows"] if r["variant"] == variant and r[key] is not None]
+def _values(summaries: list[dict], variant: str, key: str) -> list[float]:
+    return [r[key] for s in summaries for r in s["rows"] if r["variant"] == variant and r[key] is not None]
+
+
+def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def workload_figures(section: str, workload: str, summaries: list[dict], size: str, cuda: bool) -> list[Figure]:
-    """The figures of one workload from its comparisons (summaries of summarize_group)."""
-    s0 = summaries[0]
-    n = len(summaries)
+def _spread(values: list[float]) -> str:
+    return ", ".join(f"{x:.3g}" for x in values)
+
+
+def variant_figures(
+    section: str, name: str, variant: str, summaries: list[dict], size: str, cuda: bool
+) -> list[Figure]:
+    """One variant's figures over a workload's comparisons: absolute first, then its ratios to 32-true."""
+    s0, n = summaries[0], len(summaries)
+    values = {k: _values(summaries, variant, k) for k in ("median_step_ms", "tflops", "peak_share", "memory_mib")}
     gflop = (s0["settings"].get("matmul_flops_per_step") or 0) / 1e9
-    steps = f"{s0['rows'][0]['timed_steps']} timed steps a run"
-    where = f"{workload} ({size}), {n} comparisons in alternating run order, {steps}"
-    out = []
-    for variant in [r["variant"] for r in s0["rows"]]:
-        v = lambda key, variant=variant: _median(summaries, variant, key)  # noqa: E731
-        name = f"{workload} {variant}"
-        out.append(
-            figure(
-                section, f"{name}: step time", v("median_step_ms"), "ms", f"median of the runs' median step; {where}"
-            )
-        )
-        out.append(
-            figure(
-                section,
-                f"{name}: TFLOP/s",
-                v("tflops"),
-                "TFLOP/s",
-                f"{gflop:.3g} GFLOP of matmuls a step / median step time",
-            )
-        )
-        if cuda:
-            out.append(
-                figure(
-                    section,
-                    f"{name}: share of dense peak",
-                    v("peak_share"),
-                    "",
-                    f"TFLOP/s over the {s0['device']}'s dense {r0(s0, variant, 'matmul_dtype')} peak",
-                )
-            )
-        out.append(
-            figure(section, f"{name}: memory the run used", v("memory_mib"), "MiB", s0["memory_kind"] or "not measured")
-        )
-        if variant == BASELINE:
-            continue
-        out.append(
-            figure(
-                section,
-                f"{name}: speedup over 32-true",
-                v("speedup"),
-                "x",
-                f"32-true's step time / {variant}'s, median over the {n} comparisons",
-                at_least=TARGETS["speedup"],
-            )
-        )
-        out.append(
-            figure(
-                section,
-                f"{name}: memory reduction",
-                v("memory_reduction"),
-                "",
-                "1 - its memory / 32-true's (the 40% target is a GPU figure)",
-                at_least=TARGETS["memory_reduction"],
-            )
-        )
-        diff = v("loss_diff")
-        goal = TARGETS["loss_diff"]
-        out.append(Figure(section, f"{name}: loss difference", diff, "", f"|diff| < {goal:g}", None if diff is None else abs(diff) < goal,
-                          f"final loss minus 32-true's, same model, data and seed, after {s0['settings']['max_steps']} steps"))  # fmt: skip
-    return out
+    timed = next(r["timed_steps"] for r in s0["rows"] if r["variant"] == variant)
+    dtype = next(r["matmul_dtype"] for r in s0["rows"] if r["variant"] == variant)
+    out = [
+        figure(section, f"{name}: step time", _median(values["median_step_ms"]), "ms",
+               f"{size}: median over {n} runs of each run's median of {timed} timed steps (runs: {_spread(values['median_step_ms'])} ms)"),
+        figure(section, f"{name}: TFLOP/s", _median(values["tflops"]), "TFLOP/s",
+               f"{gflop:.3g} GFLOP of matmuls a step (the workload's matmul_flops_per_step) / median step time"),
+        figure(section, f"{name}: memory the run used", _median(values["memory_mib"]), "MiB", s0["memory_kind"] or "not measured"),
+    ]  # fmt: skip
+    if cuda:
+        out.insert(2, figure(section, f"{name}: share of dense peak", _median(values["peak_share"]), "",
+                             f"TFLOP/s over the {s0['device']}'s dense {dtype} peak (compare_summary.PEAK_TFLOPS)"))  # fmt: skip
+    if variant == BASELINE:
+        return out
+    speedups = _values(summaries, variant, "speedup")
+    reductions = _values(summaries, variant, "memory_reduction")
+    diffs = _values(summaries, variant, "loss_diff")
+    diff, goal = _median(diffs), TARGETS["loss_diff"]
+    return out + [
+        figure(section, f"{name}: speedup over 32-true", _median(speedups), "x",
+               f"32-true's median step / {variant}'s within each comparison, median over {n} in alternating order "
+               f"(each: {_spread(speedups)})", at_least=TARGETS["speedup"]),
+        figure(section, f"{name}: memory reduction", _median(reductions), "",
+               f"1 - its memory / 32-true's, median over {n} (each: {_spread(reductions)}); the 40% target is a GPU figure",
+               at_least=TARGETS["memory_reduction"]),
+        Figure(section, f"{name}: loss difference", diff, "", f"|diff| < {goal:g}", None if diff is None else abs(diff) < goal,
+               f"final loss minus 32-true's after {s0['settings']['max_steps']} steps, same model, data and seed (each: {_spread(diffs)})"),
+    ]  # fmt: skip
 
 
-def r0(summary: dict, variant: str, key: str):
-    return next((r[key] for r in summary["rows"] if r["variant"] == variant), None)
+def workload_figures(section: str, workload: str, summaries: list[dict], size: str, cuda: bool) -> list[Figure]:
+    """The figures of one workload from its comparisons (summaries of summarize_group), baseline first."""
+    variants = [r["variant"] for r in summaries[0]["rows"]]
+    return [f for v in variants for f in variant_figures(section, f"{workload} {v}", v, summaries, size, cuda)]
 
 
-def matmul_share(settings: dict, accelerator: str = "cpu", steps: int = 4) -> float:
+def matmul_share(settings: dict, accelerator: str = "cpu", steps: int = 3) -> float:
     """Share of CPU time in matmul kernels over `steps` plain-torch 32-true steps of the workload's model."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -236,28 +224,33 @@ def figures(quick: bool, tmp: Path) -> list[Figure]:
     return compare_section(CPU, quick, Path(tmp), "cpu")
 
 
-def monitor_on_cuda(tmp: Path) -> list[Figure]:
-    """Host syncs the monitor adds per step, and its overhead, from bench/monitor_proof.py (CUDA)."""
-    out_json = Path(tmp) / "monitor.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "monitor_proof.py"), str(out_json)], cwd=REPO, env=run_env("gpu"),
-                          capture_output=True, text=True, timeout=RUN_LIMIT_S)  # fmt: skip
-    try:
-        result = json.loads(out_json.read_text())
-    except (OSError, ValueError):
-        why = f"bench/monitor_proof.py exited {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"
-        return [
-            not_measured(CUDA, "monitor: host syncs per step", "syncs", why),
-            not_measured(CUDA, "monitor: overhead", "x", why),
-        ]
+def monitor_on_cuda(quick: bool, tmp: Path) -> list[Figure]:
+    """Host syncs the monitor adds per step (amp_core.training.sync_check), then its overhead on CUDA.
+
+    The overhead comes from bench/monitor_overhead.py's `cuda_figures(quick, tmp)` where that module
+    has one (its interleaved A/B turns are the one place the monitor's cost is measured); else it is
+    reported as not measured, with why."""
+    from amp_core.training.sync_check import count_monitor_syncs
+
+    steps = 50 if quick else 200
     out = []
-    for c in result.get("sync_counts", []):
-        per_step = c["syncs_in_per_step_hooks"] / c["steps"] if c.get("steps") else None
-        out.append(figure(CUDA, f"monitor {c['precision']}: host syncs added per step", per_step, "syncs",
-                          f"torch.cuda.set_sync_debug_mode('warn') inside the monitor's per-step hooks, warnings counted over {c.get('steps')} steps", at_most=0))  # fmt: skip
-    for r in result.get("overhead", []):
-        out.append(figure(CUDA, f"monitor {r['precision']}: overhead per step", r["paired"], "x",
-                          f"paired: one Trainer, the monitor on every other step, median ratio; hooks alone {r['hooks']:.4f}x; {result.get('method', '')[:160]}", at_most=1.03))  # fmt: skip
-    return out
+    for precision in ("32-true", "bf16-mixed", "16-mixed"):
+        c = count_monitor_syncs(precision, steps, Path(tmp) / "sync", histogram_every=25)
+        how = (f"torch.cuda.set_sync_debug_mode('warn') inside the monitor's per-step hooks, warnings counted over "
+               f"{c['steps']} steps (histogram every 25); hooks: {c['hook_syncs']}")  # fmt: skip
+        out.append(
+            figure(
+                CUDA, f"monitor {precision}: host syncs added per step", c["syncs_per_step"], "syncs", how, at_most=0
+            )
+        )
+        print(f"cuda {out[-1].name}: {c['syncs_per_step']:g}", flush=True)
+    import monitor_overhead
+
+    overhead = getattr(monitor_overhead, "cuda_figures", None)
+    if overhead is None:
+        why = "bench/monitor_overhead.py has no cuda_figures(quick, tmp): its interleaved turns run on the CPU only"
+        return out + [not_measured(CUDA, "monitor: overhead per step on CUDA", "x", why, goal="<= 1.03")]
+    return out + overhead(quick, Path(tmp) / "overhead")
 
 
 def cuda_figures(quick: bool, tmp: Path) -> list[Figure]:
@@ -266,7 +259,7 @@ def cuda_figures(quick: bool, tmp: Path) -> list[Figure]:
 
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA GPU visible to torch: the cuda benchmark runs only on a GPU machine")
-    return compare_section(CUDA, quick, Path(tmp), "gpu") + monitor_on_cuda(Path(tmp))
+    return compare_section(CUDA, quick, Path(tmp), "gpu") + monitor_on_cuda(quick, Path(tmp))
 
 
 def main() -> int:

@@ -178,6 +178,37 @@ def _host_line(host: dict) -> str:
     return f"{host.get('cpu', '?')}, {host.get('cores', '?')} logical CPUs, {gpu}"
 
 
+def _benchmark_rows(report: dict) -> list[str]:
+    lines = ["| benchmark | status | measured on | machine | seconds | load |", "|---|---|---|---|---|---|"]
+    for b in report["benchmarks"]:
+        status = (
+            b["status"] + (f" ({b['error']})" if b.get("error") else "") + (f": {b['why']}" if b.get("why") else "")
+        )
+        seconds = f"{b['seconds']:.0f}" if isinstance(b.get("seconds"), (int, float)) else "—"
+        host = _host_line(b["host"]) if b.get("host") else "—"
+        cells = [b["benchmark"], status, b.get("date") or "—", host, seconds, b.get("load_before", "—")]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    carried = [b for b in report["benchmarks"] if b["status"] == CARRIED]
+    if carried:
+        lines += ["", "Carried over from an earlier report (not measured by this run):"]
+        lines += [
+            f"- {b['benchmark']}: measured {b['carried_from']} on {_host_line(b['host'])}; {b['why']}." for b in carried
+        ]
+    return lines
+
+
+def _figure_rows(figures: list[dict]) -> list[str]:
+    lines, section = [], None
+    for f in figures:
+        if f["section"] != section:
+            section = f["section"]
+            lines += ["", f"## {section}", "", "| figure | value | goal | met | how |", "|---|---|---|---|---|"]
+        met = {True: "yes", False: "**no**", None: "—"}[f.get("met")]
+        cells = [f["name"], _value(f), f.get("goal") or "—", met, f.get("how", "")]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     """REPORT.md: the machine and versions, what each benchmark did (carried-over ones dated), the figures."""
     v = report["versions"]
@@ -188,36 +219,14 @@ def render_markdown(report: dict) -> str:
         f"Machine: {_host_line(report['machine'])}.",
         "Versions: " + ", ".join(f"{k} {v[k]}" for k in v) + ".",
         "",
-        "Every speed figure is a ratio of two things measured side by side in the same run (interleaved pairs, median).",
+        "A speed figure held to a goal is a ratio of two things measured side by side in one run (interleaved pairs,",
+        "median); absolute times stand beside them for scale. Load: the 1-minute load average as a benchmark began.",
         "",
-        "| benchmark | status | measured on | machine | seconds |",
-        "|---|---|---|---|---|",
+        *_benchmark_rows(report),
     ]
-    for b in report["benchmarks"]:
-        status = (
-            b["status"] + (f" ({b['error']})" if b.get("error") else "") + (f": {b['why']}" if b.get("why") else "")
-        )
-        seconds = f"{b['seconds']:.0f}" if isinstance(b.get("seconds"), (int, float)) else "—"
-        host = _host_line(b["host"]) if b.get("host") else "—"
-        lines.append(f"| {b['benchmark']} | {_cell(status)} | {b.get('date') or '—'} | {_cell(host)} | {seconds} |")
-    carried = [b for b in report["benchmarks"] if b["status"] == CARRIED]
-    if carried:
-        lines += ["", "Carried over from an earlier report (not measured by this run):"]
-        lines += [
-            f"- {b['benchmark']}: measured {b['carried_from']} on {_host_line(b['host'])}; {b['why']}." for b in carried
-        ]
     if report.get("notes"):
         lines += ["", *[f"Note: {n}" for n in report["notes"]]]
-    section = None
-    for f in report["figures"]:
-        if f["section"] != section:
-            section = f["section"]
-            lines += ["", f"## {section}", "", "| figure | value | goal | met | how |", "|---|---|---|---|---|"]
-        met = {True: "yes", False: "**no**", None: "—"}[f.get("met")]
-        lines.append(
-            f"| {_cell(f['name'])} | {_value(f)} | {f.get('goal') or '—'} | {met} | {_cell(f.get('how', ''))} |"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *_figure_rows(report["figures"])]) + "\n"
 
 
 def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:

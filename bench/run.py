@@ -70,7 +70,7 @@ BENCHMARKS = (
     Benchmark("first point", "first_point", "figures", "first point", "cpu", 150),
     Benchmark("redraw", "redraw", "figures", "redraw", "cpu", 150),
     Benchmark("compare", "compare_bench", "figures", "compare", "cpu", 120),
-    Benchmark("cuda", "compare_bench", "cuda_figures", "cuda", "cuda", 360),
+    Benchmark("cuda", "compare_bench", "cuda_figures", "cuda", "cuda", 250),
 )
 FULL_LIMIT_S = 3600  # a hung full benchmark is stopped after an hour
 QUICK_LIMIT_FACTOR = 2  # ... a quick one after twice its share
