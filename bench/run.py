@@ -21,6 +21,7 @@ import argparse
 import importlib
 import importlib.metadata as md
 import json
+import math
 import os
 import platform
 import shutil
@@ -134,6 +135,8 @@ def _figure_json(target: str, f: object) -> dict:
     d = f.to_json() if callable(getattr(f, "to_json", None)) else None
     if not isinstance(d, dict) or set(d) != FIGURE_FIELDS:
         raise TypeError(f"{target} returned a {type(f).__name__}, not a Figure")
+    if isinstance(d["value"], float) and not math.isfinite(d["value"]):  # JSON has no NaN: say so instead
+        d = {**d, "value": None, "met": None, "how": f"not measured: the value came out {d['value']}; {d['how']}"}
     return d
 
 
@@ -146,8 +149,11 @@ def child(target: str, quick: bool, tmp: Path, out: Path) -> int:
         return 0
     except BaseException as e:  # the parent records it; KeyboardInterrupt is how an overrun is stopped
         last = f"{type(e).__name__}: {e}".strip().splitlines()[0][:400]
-        where = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
-        at = f" (at {Path(where[0].filename).name}:{where[0].lineno})" if where else ""
+        # Where the benchmark itself raised: its last frame outside run.py and importlib's own.
+        frames = [
+            f for f in traceback.extract_tb(e.__traceback__) if f.filename != __file__ and "<frozen" not in f.filename
+        ]
+        at = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
         out.write_text(json.dumps({"error": last + at}))
         traceback.print_exc()
         return 1

@@ -143,6 +143,8 @@ MODULES = {
                      "    assert quick and tmp.is_dir()\n    return [figure('fine', 'answer', 42.0, 'x', 'by the test', at_most=50)]\n",
     "raising_bench.py": "def figures(quick, tmp):\n    raise ValueError('deliberately broken')\n",
     "wrong_bench.py": "def figures(quick, tmp):\n    return {'not': 'a list'}\n",
+    "nan_bench.py": "from report import figure\n\ndef figures(quick, tmp):\n"
+                    "    return [figure('nan', 'ratio', float('nan'), 'x', 'zero over zero', at_most=1.03)]\n",
 }  # fmt: skip
 
 
@@ -163,6 +165,7 @@ def test_run_records_a_failing_benchmark_and_exits_non_zero(tmp_path, bench_modu
         B("missing", "no_such_bench_module", "figures", "missing", "cpu", 60),
         B("raises", "raising_bench", "figures", "raises", "cpu", 60),
         B("wrong", "wrong_bench", "figures", "wrong", "cpu", 60),
+        B("nan", "nan_bench", "figures", "nan", "cpu", 60),
         B("gpu only", "fine_bench", "figures", "cuda", "cuda", 60),
     )
     out_dir = tmp_path / "out"
@@ -174,6 +177,7 @@ def test_run_records_a_failing_benchmark_and_exits_non_zero(tmp_path, bench_modu
         "missing": "failed",
         "raises": "failed",
         "wrong": "failed",
+        "nan": "measured",
         "gpu only": "not run",
     }
     by_name = {f["name"]: f for f in data["figures"]}
@@ -185,6 +189,8 @@ def test_run_records_a_failing_benchmark_and_exits_non_zero(tmp_path, bench_modu
     ):
         f = by_name[f"{key} failed"]
         assert f["value"] is None and f["met"] is None and words in f["how"], f
+    assert by_name["ratio"]["value"] is None and by_name["ratio"]["met"] is None and "nan" in by_name["ratio"]["how"]
+    assert "(at raising_bench.py:2)" in by_name["raises failed"]["how"]
     assert data["machine"]["cores"] and "torch" in data["versions"]
     assert "| missing | failed (ModuleNotFoundError" in (out_dir / "REPORT.md").read_text()
 
