@@ -143,6 +143,8 @@ MODULES = {
                      "    assert quick and tmp.is_dir()\n    return [figure('fine', 'answer', 42.0, 'x', 'by the test', at_most=50)]\n",
     "raising_bench.py": "def figures(quick, tmp):\n    raise ValueError('deliberately broken')\n",
     "wrong_bench.py": "def figures(quick, tmp):\n    return {'not': 'a list'}\n",
+    "namespaced_bench.py": "from bench.report import figure  # the same class under another module name\n\n"
+                           "def figures(quick, tmp):\n    return [figure('ns', 'other name', 1.0, 'x', 'bench.report')]\n",
     "nan_bench.py": "from report import figure\n\ndef figures(quick, tmp):\n"
                     "    return [figure('nan', 'ratio', float('nan'), 'x', 'zero over zero', at_most=1.03)]\n",
 }  # fmt: skip
@@ -166,6 +168,7 @@ def test_run_records_a_failing_benchmark_and_exits_non_zero(tmp_path, bench_modu
         B("raises", "raising_bench", "figures", "raises", "cpu", 60),
         B("wrong", "wrong_bench", "figures", "wrong", "cpu", 60),
         B("nan", "nan_bench", "figures", "nan", "cpu", 60),
+        B("namespaced", "namespaced_bench", "figures", "ns", "cpu", 60),
         B("gpu only", "fine_bench", "figures", "cuda", "cuda", 60),
     )
     out_dir = tmp_path / "out"
@@ -178,10 +181,12 @@ def test_run_records_a_failing_benchmark_and_exits_non_zero(tmp_path, bench_modu
         "raises": "failed",
         "wrong": "failed",
         "nan": "measured",
+        "namespaced": "measured",
         "gpu only": "not run",
     }
     by_name = {f["name"]: f for f in data["figures"]}
     assert by_name["answer"]["value"] == 42.0 and by_name["answer"]["met"] is True
+    assert by_name["other name"]["value"] == 1.0
     for key, words in (
         ("missing", "ModuleNotFoundError"),
         ("raises", "deliberately broken"),
