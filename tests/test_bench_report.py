@@ -203,3 +203,24 @@ def test_run_records_a_failing_benchmark_and_exits_non_zero(tmp_path, bench_modu
 def test_run_refuses_an_unknown_benchmark_name(tmp_path):
     assert bench_run.main(["--only", "nope", "--out-dir", str(tmp_path)]) == 2
     assert not (tmp_path / "report.json").exists()
+
+
+def test_a_second_run_keeps_what_it_did_not_measure_and_not_what_failed(tmp_path, bench_modules):
+    B = bench_run.Benchmark
+    table = (
+        B("fine", "fine_bench", "figures", "fine", "cpu", 60),
+        B("raises", "raising_bench", "figures", "raises", "cpu", 60),
+    )
+    out_dir = tmp_path / "out"
+    assert bench_run.main(["--quick", "--out-dir", str(out_dir)], benchmarks=table) == 1
+    first = json.loads((out_dir / "report.json").read_text())
+    assert bench_run.main(["--quick", "--only", "raises", "--out-dir", str(out_dir)], benchmarks=table) == 1
+    second = json.loads((out_dir / "report.json").read_text())
+    fine = next(b for b in second["benchmarks"] if b["benchmark"] == "fine")
+    assert fine["status"] == "carried over" and fine["carried_from"] == first["benchmarks"][0]["date"]
+    assert [f["name"] for f in second["figures"] if f["benchmark"] == "fine"] == ["answer"]
+    assert "- fine: measured " + fine["carried_from"] in (out_dir / "REPORT.md").read_text()
+    assert bench_run.main(["--quick", "--only", "fine", "--out-dir", str(out_dir)], benchmarks=table) == 0
+    third = json.loads((out_dir / "report.json").read_text())
+    raises = next(b for b in third["benchmarks"] if b["benchmark"] == "raises")
+    assert raises["status"] == "not run" and not [f for f in third["figures"] if f["benchmark"] == "raises"]
