@@ -55,7 +55,7 @@ from amp_core.analysis.compare_summary import (  # noqa: E402
 )
 
 CPU, CUDA = "compare", "cuda"
-# (workload, RunConfig settings): matmul-bound on this CPU (profiled: 66% of a 32-true MLP step and 80%
+# (workload, RunConfig settings): matmul-bound on this CPU (profiled: 71-78% of a 32-true MLP step and 82-85%
 # of a GPT step in matmul kernels) yet a fraction of a second a step on one thread.
 CPU_SIZES = {
     "mlp": {"hidden": 1024, "depth": 4, "batch_size": 256},
