@@ -138,6 +138,7 @@ class MetricsTail:
         self._reset()
 
     def _reset(self) -> None:
+        self.generation = getattr(self, "generation", -1) + 1  # counts reads from the start
         self.offset = 0  # bytes consumed: the file up to here is parsed
         self.damaged = 0  # damaged lines seen so far
         self.partial = False  # the file ends in a line without its newline
@@ -191,7 +192,7 @@ class MetricsTail:
             return
         n, capacity = self._n, len(self._buffers["step"])
         if n + k > capacity:
-            capacity = max(2 * capacity, n + k, 1024)
+            capacity = max(1024, (n + k) * 3 // 2)  # room to grow: a live run appends a few lines per read
             grown = {c: np.empty(capacity) for c in METRIC_COLUMNS}
             for c in METRIC_COLUMNS:
                 grown[c][:n] = self._buffers[c][:n]

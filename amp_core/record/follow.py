@@ -31,6 +31,11 @@ class RunFollower:
     def damaged_lines(self) -> int:
         return self._tail.damaged
 
+    @property
+    def generation(self) -> int:
+        """How many times the record was read again from its start (replaced or rewritten)."""
+        return self._tail.generation
+
     def poll(self) -> int:
         """Read what was appended; returns how many new steps arrived."""
         try:
