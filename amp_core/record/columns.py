@@ -96,8 +96,9 @@ def parse_metrics(data: bytes) -> tuple[list[dict], int, int]:
     lines = [line for line in data[:end].splitlines() if line.strip()]
     for a in range(0, len(lines), _CHUNK_LINES):
         values, bad = _decode(lines[a : a + _CHUNK_LINES])
-        rows += [v for v in values if _is_row(v)]
-        damaged += bad + sum(1 for v in values if not _is_row(v))
+        good = [v for v in values if _is_row(v)]
+        rows += good
+        damaged += bad + len(values) - len(good)
     return rows, end, damaged
 
 
