@@ -1,49 +1,28 @@
 """Plotly figures from run records: pure functions, no Streamlit.
 
-The loss scale is piecewise constant, so it is drawn from its change points as a step line
-(`line_shape="hv"`): the same picture from a tiny fraction of the points. Dense series (loss,
-gradient norm) are reduced to at most `max_points` by keeping each bucket's first, min and max
-points, so a spike survives downsampling. Everything is passed to Plotly as NumPy arrays.
+What of a long series is drawn is amp_core.decimate's: the loss scale from its change points as a
+step line (`line_shape="hv"`), dense series (loss, gradient norm) as min/max bins past `max_points`
+so a spike survives, every skipped step marked (binned past MAX_MARKERS, each marker counting its
+steps). A binned line says so in its legend name and its hover. Each figure is built in one go
+(traces and layout together: Plotly re-validates the traces on every later layout update), and
+everything is passed to Plotly as NumPy arrays, steps as int32 where exact.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
 
+from amp_core import decimate
 from amp_core.record import RunMetrics, change_points
 
 MAX_POINTS = 4000
 MAX_MARKERS = 2000
 PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
-
-
-def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """At most ~max_points of (x, y), keeping each bucket's first, minimum and maximum point."""
-    n = len(x)
-    if n <= max_points:
-        return x, y
-    buckets = max(1, max_points // 3)
-    edges = np.linspace(0, n, buckets + 1).astype(np.int64)
-    filled = np.where(np.isnan(y), np.inf, y)
-    keep = [edges[:-1]]
-    starts = edges[:-1]
-    keep.append(starts + np.array([np.argmin(filled[a:b]) for a, b in zip(edges[:-1], edges[1:])]))
-    filled = np.where(np.isnan(y), -np.inf, y)
-    keep.append(starts + np.array([np.argmax(filled[a:b]) for a, b in zip(edges[:-1], edges[1:])]))
-    keep.append(np.array([n - 1]))
-    idx = np.unique(np.concatenate(keep))
-    return x[idx], y[idx]
-
-
-def _thin(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    if len(x) <= max_points:
-        return x, y, False
-    idx = np.unique(np.linspace(0, len(x) - 1, max_points).astype(np.int64))
-    return x[idx], y[idx], True
 
 
 def _pow2_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
@@ -82,21 +61,53 @@ def short_label(run_id: str) -> str:
     return run_id
 
 
-def _layout(fig: go.Figure, title: str, ytitle: str, height: int = 320) -> go.Figure:
-    fig.update_layout(
-        title=title,
+def _layout_dict(title: str, ytitle: str, height: int = 320, **yaxis) -> dict:
+    return dict(
+        title=dict(text=title),
         height=height,
         margin=dict(l=60, r=20, t=70, b=40),
-        xaxis_title="optimizer step",
-        yaxis_title=ytitle,
+        xaxis=dict(title=dict(text="optimizer step")),
+        yaxis=dict(title=dict(text=ytitle), **yaxis),
         # Above the plot, right-aligned: below it, a legend collides with the x-axis title.
         legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0),
         uirevision="keep",  # keeps a user's zoom across redraws of the same chart where Plotly can
     )
+
+
+def _layout(fig: go.Figure, title: str, ytitle: str, height: int = 320) -> go.Figure:
+    fig.update_layout(_layout_dict(title, ytitle, height))
     return fig
 
 
 Series = tuple[str, RunMetrics]
+
+
+@dataclass(frozen=True)
+class ScaleSeries:
+    """What the loss-scale chart draws of one run: its step line and its skipped-step markers."""
+
+    label: str
+    line: decimate.Line
+    skipped: decimate.Marks
+    injected: decimate.Marks  # skipped steps where an overflow was put in on purpose
+
+
+def scale_series(
+    label: str,
+    m: RunMetrics,
+    injected: Iterable[int] = (),
+    max_points: int = MAX_POINTS,
+    max_markers: int = MAX_MARKERS,
+) -> ScaleSeries:
+    steps, scale = m.step, m.loss_scale
+    skipped = np.flatnonzero(decimate.drawable(scale, positive=True) & (m.skipped > 0))
+    forced = np.isin(steps[skipped], np.asarray(list(injected), dtype=np.float64))
+    return ScaleSeries(
+        label,
+        decimate.scale_line(steps, scale, max_points),
+        decimate.skipped_marks(steps, scale, skipped[~forced], max_markers),
+        decimate.skipped_marks(steps, scale, skipped[forced], max_markers),
+    )
 
 
 def loss_scale_figure(
@@ -111,67 +122,70 @@ def loss_scale_figure(
     `skip_notes`: (steps, texts) of the first series' skip ledger (amp_core.record.skips.skip_hover): each
     skipped marker's hover then says why (inf or NaN, and the parameter that first held one).
     """
-    fig = go.Figure()
-    lo, hi = math.inf, 0.0
-    injected = np.asarray(sorted(injected), dtype=np.float64)
-    for i, (label, m) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
-        valid = ~np.isnan(m.loss_scale) & (m.loss_scale > 0)
-        if not valid.any():
+    injected = list(injected)
+    drawn = [scale_series(label, m, injected if i == 0 else ()) for i, (label, m) in enumerate(series)]
+    return scale_figure(drawn, title, skip_notes)
+
+
+def scale_figure(
+    drawn: list[ScaleSeries], title: str = "Loss scale (log2)", skip_notes: tuple[np.ndarray, np.ndarray] | None = None
+) -> go.Figure:
+    """The loss-scale chart of series already reduced to what is drawn (see scale_series)."""
+    traces, lo, hi = [], math.inf, 0.0
+    for i, s in enumerate(drawn):
+        if not len(s.line.y):
             continue
-        steps, scale = change_points(m.step[valid], m.loss_scale[valid])
-        lo, hi = min(lo, float(scale.min())), max(hi, float(scale.max()))
-        fig.add_trace(
-            go.Scatter(x=steps, y=scale, mode="lines", line_shape="hv", name=f"{label} scale", line=dict(color=color))
-        )
-        skipped = valid & (m.skipped > 0)
-        forced = skipped & np.isin(m.step, injected) if i == 0 else np.zeros_like(skipped)
-        if forced.any():
-            fig.add_trace(
-                go.Scatter(
-                    x=m.step[forced],
-                    y=m.loss_scale[forced],
-                    mode="markers",
-                    name=f"{label} injected ({int(forced.sum())})",
-                    marker=dict(symbol="star", size=12, color="#ff7f0e"),
-                    hovertemplate="step %{x}: overflow injected on purpose, skipped at scale %{y:.3g}<extra></extra>",
-                )
-            )
-        skipped &= ~forced
-        if skipped.any():
-            sx, sy, thinned = _thin(m.step[skipped], m.loss_scale[skipped], MAX_MARKERS)
-            name = f"{label} skipped ({int(skipped.sum())}{', sampled' if thinned else ''})"
-            notes = _notes_at(sx, skip_notes) if i == 0 and skip_notes is not None else None
-            hover = (
-                "%{customdata}<extra></extra>"
-                if notes is not None
-                else "step %{x}: overflow, step skipped at scale %{y:.3g}<extra></extra>"
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=sx,
-                    y=sy,
-                    mode="markers",
-                    name=name,
-                    marker=dict(symbol="x", size=8, color="#d62728"),
-                    customdata=notes,
-                    hovertemplate=hover,
-                )
-            )
-    _layout(fig, title, "loss scale")
+        lo, hi = min(lo, float(s.line.y.min())), max(hi, float(s.line.y.max()))
+        name = f"{s.label} scale" + (f" ({s.line.binned})" if s.line.binned else "")
+        traces.append(_line_trace(s.line, name, PALETTE[i % len(PALETTE)], shape="hv"))
+        star = dict(symbol="star", size=12, color="#ff7f0e")
+        cross = dict(symbol="x", size=8, color="#d62728")
+        if s.injected.total:
+            plain = "step %{x}: overflow injected on purpose, skipped at scale %{y:.3g}"
+            traces.append(_marks_trace(s.injected, f"{s.label} injected", star, plain))
+        if s.skipped.total:
+            notes = skip_notes if i == 0 else None
+            plain = "step %{x}: overflow, step skipped at scale %{y:.3g}"
+            traces.append(_marks_trace(s.skipped, f"{s.label} skipped", cross, plain, notes))
     if hi > 0:
         tickvals, ticktext = _pow2_ticks(lo, hi)
-        fig.update_yaxes(type="log", tickvals=tickvals, ticktext=ticktext)
+        layout = _layout_dict(title, "loss scale", type="log", tickvals=tickvals, ticktext=ticktext)
     else:
-        fig.add_annotation(
-            text="no GradScaler in this run: bf16 and fp32 need no loss scaling",
-            showarrow=False,
-            x=0.5,
-            y=0.5,
-            xref="paper",
-            yref="paper",
+        layout = _layout_dict(title, "loss scale")
+        note = "no GradScaler in this run: bf16 and fp32 need no loss scaling"
+        layout["annotations"] = [dict(text=note, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")]
+    return go.Figure(data=traces, layout=layout)
+
+
+def _line_trace(line: decimate.Line, name: str, color: str, shape: str = "linear") -> go.Scatter:
+    hover = "step %{x}: %{y:.4g}" + (f"<br>{line.binned}" if line.binned else "") + "<extra>%{fullData.name}</extra>"
+    return go.Scatter(
+        x=line.x, y=line.y, mode="lines", line_shape=shape, name=name, line=dict(color=color), hovertemplate=hover
+    )
+
+
+def _marks_trace(
+    marks: decimate.Marks, name: str, marker: dict, plain: str, notes: tuple[np.ndarray, np.ndarray] | None = None
+) -> go.Scatter:
+    """Markers of skipped steps: the ledger's note or `plain` on each; binned, how many each stands for."""
+    customdata, hover = None, plain + "<extra></extra>"
+    if marks.counts is not None:
+        name = f"{name} ({marks.total}; binned per {marks.width:,} steps)"
+        customdata = np.array(
+            [
+                f"{c} skipped step{'s' if c > 1 else ''} in steps {a}–{b}"
+                for c, a, b in zip(marks.counts, marks.x, marks.last)
+            ],
+            dtype=object,
         )
-    return fig
+        hover = "%{customdata}, the first at scale %{y:.3g}<extra></extra>"
+    else:
+        name = f"{name} ({marks.total})"
+        if notes is not None:
+            customdata, hover = _notes_at(marks.x, notes), "%{customdata}<extra></extra>"
+    return go.Scatter(
+        x=marks.x, y=marks.y, mode="markers", name=name, marker=marker, customdata=customdata, hovertemplate=hover
+    )
 
 
 def _notes_at(steps: np.ndarray, skip_notes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -180,33 +194,39 @@ def _notes_at(steps: np.ndarray, skip_notes: tuple[np.ndarray, np.ndarray]) -> n
     return np.array([known.get(int(s), f"step {int(s)}: overflow, step skipped") for s in steps], dtype=object)
 
 
+def dense_figure(lines: list[tuple[str, decimate.Line]], title: str, ytitle: str, log: bool = False) -> go.Figure:
+    """A dense series chart of lines already reduced to what is drawn (see decimate.dense_line)."""
+    traces, positive = [], []  # positive: the log axis's data range, for its ticks
+    for i, (label, line) in enumerate(lines):
+        if log and len(line.y):
+            positive += [float(line.y.min()), float(line.y.max())]
+        name = label + (f" ({line.binned})" if line.binned else "")
+        traces.append(_line_trace(line, name, PALETTE[i % len(PALETTE)]))
+    yaxis = {}
+    if log:
+        yaxis["type"] = "log"
+        if positive:
+            yaxis["tickvals"], yaxis["ticktext"] = _log10_ticks(min(positive), max(positive))
+    return go.Figure(data=traces, layout=_layout_dict(title, ytitle, **yaxis))
+
+
 def _dense_figure(
     series: Iterable[Series], column: str, title: str, ytitle: str, log: bool = False, max_points: int = MAX_POINTS
 ) -> go.Figure:
-    fig = go.Figure()
-    positive: list[float] = []  # the log axis's data range, for its ticks
-    for i, (label, m) in enumerate(series):
-        y = getattr(m, column)
-        keep = np.isfinite(y) & (y > 0 if log else True)
-        x, y = downsample(m.step[keep], y[keep], max_points)
-        if log and len(y):
-            positive += [float(y.min()), float(y.max())]
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=label, line=dict(color=PALETTE[i % len(PALETTE)])))
-    _layout(fig, title, ytitle)
-    if log:
-        fig.update_yaxes(type="log")
-        if positive:
-            tickvals, ticktext = _log10_ticks(min(positive), max(positive))
-            fig.update_yaxes(tickvals=tickvals, ticktext=ticktext)
-    return fig
+    lines = [(label, decimate.dense_line(m.step, getattr(m, column), max_points, positive=log)) for label, m in series]
+    return dense_figure(lines, title, ytitle, log)
+
+
+LOSS = ("loss", "Training loss", "loss", False)  # column, title, y-axis title, log axis
+GRAD_NORM = ("grad_norm", "Gradient norm (unscaled, L2)", "norm", True)
 
 
 def loss_figure(series: Iterable[Series], max_points: int = MAX_POINTS) -> go.Figure:
-    return _dense_figure(series, "loss", "Training loss", "loss", max_points=max_points)
+    return _dense_figure(series, *LOSS, max_points=max_points)
 
 
 def grad_norm_figure(series: Iterable[Series], max_points: int = MAX_POINTS) -> go.Figure:
-    return _dense_figure(series, "grad_norm", "Gradient norm (unscaled, L2)", "norm", log=True, max_points=max_points)
+    return _dense_figure(series, *GRAD_NORM, max_points=max_points)
 
 
 def grad_histogram_figure(hist: dict, loss_scale: float | None) -> go.Figure:

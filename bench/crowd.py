@@ -106,8 +106,7 @@ def measure(viewers: int, seconds: float, steps: int, tmp: Path, p=None) -> dict
                 page.goto(f"{server.url}/Runs?run={run_dir.name}")
                 page.wait_for_selector(SETTLED)
                 pages.append(page)
-            browser_pids = descendants(browser_pid(server))
-            groups = {"server": [server.proc.pid], "browsers": browser_pids, "training": [train.pid]}
+            groups = {"server": [server.proc.pid], "browsers": browser_pids(), "training": [train.pid]}
             before = {k: cpu_s(v) for k, v in groups.items()}
             steps_before, t0 = steps_done(run_dir), time.monotonic()
             last = [p.evaluate(LOSS_REACH_JS) for p in pages]
@@ -138,23 +137,16 @@ def measure(viewers: int, seconds: float, steps: int, tmp: Path, p=None) -> dict
         server.stop()
 
 
-def browser_pid(server: Server) -> int:
-    """The newest Chromium process that is not a child of another Chromium (the one this bench launched)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().split(b"\0")[0]
-                parent_cmd = (
-                    Path(f"/proc/{(entry / 'stat').read_text().rsplit(')', 1)[1].split()[1]}/cmdline")
-                    .read_bytes()
-                    .split(b"\0")[0]
-                )
-            except (OSError, IndexError):
-                continue
-            if cmd.endswith(b"chromium") and not parent_cmd.endswith(b"chromium"):
-                pids.append(int(entry.name))
-    return max(pids)
+def browser_pids() -> list[int]:
+    """Chromium processes descending from this one (Playwright's driver starts them): not another user's browser."""
+    out = []
+    for pid in descendants(os.getpid()):
+        try:
+            if b"chrom" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
 
 
 def main() -> None:

@@ -5,20 +5,36 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from amp_core.record.columns import MetricsTail, RunMetrics
 from amp_core.record.files import ACTIVE_STATES, CONFIG_FILE, METRICS_FILE, STATUS_FILE, read_json
-from amp_core.record.reader import RunMetrics, effective_state, parse_metrics
+from amp_core.record.reader import effective_state
 
 
 class RunFollower:
-    """Follows a run's metrics.jsonl incrementally: each `poll()` reads only the bytes added since."""
+    """Follows a run's metrics.jsonl incrementally: each `poll()` parses only the lines added since.
+
+    `metrics` is replaced, never changed, by a poll: a RunMetrics taken from it stays as it was
+    (its arrays are read-only views that later lines do not reach). Not thread-safe: one owner polls.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.metrics = RunMetrics()
         self.status: dict = {}
         self.config: dict = {}
-        self.damaged_lines = 0
-        self._offset = 0
+        self._tail = MetricsTail(self.path / METRICS_FILE)
+
+    @property
+    def metrics(self) -> RunMetrics:
+        return self._tail.metrics
+
+    @property
+    def damaged_lines(self) -> int:
+        return self._tail.damaged
+
+    @property
+    def generation(self) -> int:
+        """How many times the record was read again from its start (replaced or rewritten)."""
+        return self._tail.generation
 
     def poll(self) -> int:
         """Read what was appended; returns how many new steps arrived."""
@@ -29,16 +45,9 @@ class RunFollower:
         except (OSError, ValueError):
             pass
         try:
-            with open(self.path / METRICS_FILE, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
+            return self._tail.read()
         except OSError:
             return 0
-        rows, consumed, damaged = parse_metrics(data)
-        self._offset += consumed
-        self.damaged_lines += damaged
-        self.metrics.extend(RunMetrics.from_rows(rows))
-        return len(rows)
 
     @property
     def state(self) -> str:

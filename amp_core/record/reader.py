@@ -5,18 +5,18 @@ Readers never trust the folder: a damaged record is reported as damaged, never r
 
 from __future__ import annotations
 
-import json
+import copy
 import os
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from amp_core.record.columns import MetricsTail, RunMetrics, parse_metrics
 from amp_core.record.files import (
     CONFIG_FILE,
     HISTOGRAMS_FILE,
-    METRIC_COLUMNS,
     METRICS_FILE,
     PROVENANCE_FILE,
     RANKS_DIR,
@@ -27,72 +27,6 @@ from amp_core.record.files import (
     process_alive,
     read_json,
 )
-
-
-@dataclass
-class RunMetrics:
-    """A run's per-step series as NumPy columns (NaN where a line had no value)."""
-
-    columns: dict[str, np.ndarray] = field(default_factory=lambda: {c: np.empty(0) for c in METRIC_COLUMNS})
-
-    def __len__(self) -> int:
-        return len(self.columns["step"])
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        try:
-            return self.__dict__["columns"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    @classmethod
-    def from_rows(cls, rows: list[dict]) -> RunMetrics:
-        return cls({c: np.array([_num(r.get(c)) for r in rows], dtype=np.float64) for c in METRIC_COLUMNS})
-
-    def extend(self, other: RunMetrics) -> None:
-        if len(other):
-            self.columns = {c: np.concatenate([self.columns[c], other.columns[c]]) for c in METRIC_COLUMNS}
-
-    def rows(self) -> list[dict]:
-        out = []
-        for i in range(len(self)):
-            row = {}
-            for c in METRIC_COLUMNS:
-                v = float(self.columns[c][i])
-                row[c] = None if np.isnan(v) else (int(v) if c in ("step", "growth_tracker") else v)
-            row["skipped"] = bool(row["skipped"]) if row["skipped"] is not None else False
-            out.append(row)
-        return out
-
-
-def _num(v: Any) -> float:
-    if v is None or isinstance(v, str):
-        return np.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return np.nan
-
-
-def parse_metrics(data: bytes) -> tuple[list[dict], int, int]:
-    """Parse complete lines of metrics.jsonl: (rows, bytes consumed, damaged line count).
-
-    A last line without its newline is not consumed: it is still being written, or was cut by a crash.
-    """
-    end = data.rfind(b"\n") + 1
-    rows, damaged = [], 0
-    for line in data[:end].splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            damaged += 1
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
-            rows.append(row)
-        else:
-            damaged += 1
-    return rows, end, damaged
 
 
 @dataclass
@@ -141,7 +75,22 @@ def effective_state(status: dict) -> str:
     return state if isinstance(state, str) else "unknown"
 
 
-_cache: dict[Path, tuple[tuple, Run, str]] = {}  # path -> (file stamps, run, its state when read)
+class _Cached:
+    """One run folder as last read: its file stamps, the Run, its state then, and its metrics reader."""
+
+    def __init__(self, path: Path):
+        self.lock = threading.Lock()  # one reader of this folder at a time; others wait, then share its read
+        self.tail = MetricsTail(path / METRICS_FILE)
+        self.stamp: tuple | None = None
+        self.run: Run | None = None
+        self.state = ""
+
+
+# Streamlit runs each session in its own thread, all of them calling load_run: the cache is guarded by
+# a lock, each folder by its own, and every caller gets its own copy of the Run (see _handout).
+_cache: dict[Path, _Cached] = {}
+_cache_lock = threading.Lock()
+_CACHE_LIMIT = 512
 
 
 def _stamp(path: Path) -> tuple:
@@ -158,23 +107,39 @@ def _stamp(path: Path) -> tuple:
 def load_run(path: str | os.PathLike) -> Run:
     """Read one run folder. Never raises for damage inside the folder; see `Run.problems`.
 
-    Results are cached by the files' size and modification time: an unchanged record is not parsed
-    again. Treat the returned Run as read-only.
+    Cached by the files' size and modification time: an unchanged record is not parsed again, and
+    a metrics file that grew is parsed only from where the last read stopped. Thread-safe; the Run
+    returned is the caller's own (its metrics arrays are shared and read-only).
     """
     path = Path(path)
-    stamp = _stamp(path)
-    hit = _cache.get(path)
-    # The state is part of the key: a run whose process died since changes no file, yet reads differently.
-    if hit is not None and hit[0] == stamp and hit[2] == effective_state(hit[1].status):
-        return hit[1]
-    run = _load_run(path)
-    if len(_cache) > 512:
-        _cache.clear()
-    _cache[path] = (stamp, run, run.state)
-    return run
+    with _cache_lock:
+        entry = _cache.get(path)
+        if entry is None:
+            if len(_cache) >= _CACHE_LIMIT:
+                _cache.clear()
+            entry = _cache[path] = _Cached(path)
+    with entry.lock:
+        stamp = _stamp(path)
+        # The state is part of the key: a run whose process died since changes no file, yet reads differently.
+        if entry.run is None or entry.stamp != stamp or entry.state != effective_state(entry.run.status):
+            entry.run = _load_run(path, entry.tail)
+            entry.stamp, entry.state = stamp, entry.run.state
+        return _handout(entry.run)
 
 
-def _load_run(path: Path) -> Run:
+def _handout(run: Run) -> Run:
+    """A copy of the cached Run for one caller: its own dicts and lists, the same read-only arrays."""
+    return replace(
+        run,
+        config=copy.deepcopy(run.config),
+        status=copy.deepcopy(run.status),
+        metrics=RunMetrics(dict(run.metrics.columns)),
+        problems=list(run.problems),
+        provenance=copy.deepcopy(run.provenance),
+    )
+
+
+def _load_run(path: Path, tail: MetricsTail) -> Run:
     problems = []
     config, status = {}, {}
     for name, target in ((CONFIG_FILE, config), (STATUS_FILE, status)):
@@ -185,17 +150,14 @@ def _load_run(path: Path) -> Run:
         except (OSError, ValueError) as e:
             problems.append(f"{name} is unreadable ({type(e).__name__})")
     try:
-        data = (path / METRICS_FILE).read_bytes()
-    except FileNotFoundError:
-        data = b""
-        problems.append(f"{METRICS_FILE} is missing")
+        tail.read()
+        metrics, damaged, partial = tail.metrics, tail.damaged, tail.partial
     except OSError as e:
-        data = b""
-        problems.append(f"{METRICS_FILE} is unreadable ({e.strerror})")
-    rows, consumed, damaged = parse_metrics(data)
+        metrics, damaged, partial = RunMetrics(), 0, False
+        missing = isinstance(e, FileNotFoundError)
+        problems.append(f"{METRICS_FILE} is missing" if missing else f"{METRICS_FILE} is unreadable ({e.strerror})")
     if damaged:
         problems.append(f"{damaged} damaged line(s) in {METRICS_FILE} skipped")
-    partial = consumed < len(data.rstrip(b"\n")) if data else False
     if partial and effective_state(status) != "running":
         problems.append(f"the last line of {METRICS_FILE} is cut off")
     if status.get("state") in ("running", "starting") and effective_state(status) == "failed":
@@ -206,7 +168,7 @@ def _load_run(path: Path) -> Run:
     if recording:
         provenance, problem = read_provenance(path)
         problems += [problem] if problem else []
-    return Run(path.name, path, config, status, RunMetrics.from_rows(rows), problems, partial, recording, provenance)
+    return Run(path.name, path, config, status, metrics, problems, partial, recording, provenance)
 
 
 def load_histograms(path: str | os.PathLike) -> list[dict]:

@@ -3,8 +3,9 @@
 At a demo one presenter trains and a room watches. If each viewer re-read the record and rebuilt
 the charts every second, the server (one Python process: one GIL) would do the same work N times
 for the same picture, and ten viewers on a two-core machine are enough to stall every redraw.
-Here a run is followed once for all viewers, its chart figures are built once per new step count,
-and the redraw interval stretches with the number of viewers, so that the server's share of
+Here a run is followed once for all viewers, its chart figures are built once per new step count
+from only the steps added since (amp_core.decimate.GrowingRun: a million-step run redraws at the
+cost of its new steps and the few thousand points drawn), and the redraw interval stretches with the number of viewers, so that the server's share of
 redrawing stays under a budget however many people watch.
 
 Thread-safe: Streamlit runs each session's script in its own thread. No Streamlit here.
@@ -19,15 +20,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from amp_core import charts
+from amp_core import charts, decimate
 from amp_core.record import RunFollower, RunMetrics, effective_state
 
 POLL_EVERY_S = 0.5  # viewers asking within this long of the last read share it (and its figures)
 WAITING_POLL_EVERY_S = 0.1  # before the first step: a start should show at once
 # Points per dense live chart. Every viewer's browser redraws each chart each second, and a crowd
 # watching on one machine spends more there than the server does; the finished run is replayed at
-# charts.MAX_POINTS. Min/max downsampling keeps spikes either way.
+# charts.MAX_POINTS. Min/max bins keep spikes either way.
 LIVE_MAX_POINTS = 1500
+DENSE = {charts.LOSS[0]: charts.LOSS[3], charts.GRAD_NORM[0]: charts.GRAD_NORM[3]}  # column -> log axis
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class LiveSnapshot:
     status: dict
     config: dict
     metrics: RunMetrics
+    generation: int = 0  # how many times the record was read again from its start
 
     @property
     def state(self) -> str:
@@ -54,6 +57,8 @@ class LiveRun:
         self._snapshot: LiveSnapshot | None = None
         self._figures_key: tuple | None = None
         self._figures: tuple | None = None
+        self._growing: decimate.GrowingRun | None = None
+        self._growing_key: tuple | None = None  # (generation, injected steps) the GrowingRun follows
 
     def snapshot(self) -> LiveSnapshot:
         with self._lock:
@@ -66,7 +71,7 @@ class LiveRun:
                 # A new RunMetrics around the current arrays: the follower replaces its arrays on the next
                 # read rather than changing them, so this snapshot stays as it was.
                 metrics = RunMetrics(dict(f.metrics.columns))
-                self._snapshot = LiveSnapshot(f.path.name, dict(f.status), dict(f.config), metrics)
+                self._snapshot = LiveSnapshot(f.path.name, dict(f.status), dict(f.config), metrics, f.generation)
             return self._snapshot
 
     def figures(self, snap: LiveSnapshot) -> tuple:
@@ -74,15 +79,23 @@ class LiveRun:
         key = (snap.run_id, len(snap.metrics), snap.state)
         with self._lock:
             if key != self._figures_key:
-                series = [(charts.short_label(snap.run_id), snap.metrics)]  # legends: short names
-                injected = snap.config.get("inject_overflow") or ()
-                self._figures = (
-                    charts.loss_scale_figure(series, injected=injected),
-                    charts.loss_figure(series, LIVE_MAX_POINTS),
-                    charts.grad_norm_figure(series, LIVE_MAX_POINTS),
-                )
+                self._figures = self._build(snap)
                 self._figures_key = key
             return self._figures
+
+    def _build(self, snap: LiveSnapshot) -> tuple:
+        label = charts.short_label(snap.run_id)  # legends: short names
+        injected = snap.config.get("inject_overflow") or ()
+        key = (snap.generation, tuple(injected) if isinstance(injected, list) else ())
+        if key != self._growing_key:
+            self._growing = decimate.GrowingRun(DENSE, LIVE_MAX_POINTS, charts.MAX_MARKERS, key[1])
+            self._growing_key = key
+        scale, skipped, forced, dense = self._growing.update(snap.metrics)
+        return (
+            charts.scale_figure([charts.ScaleSeries(label, scale, skipped, forced)]),
+            charts.dense_figure([(label, dense[charts.LOSS[0]])], *charts.LOSS[1:]),
+            charts.dense_figure([(label, dense[charts.GRAD_NORM[0]])], *charts.GRAD_NORM[1:]),
+        )
 
 
 def machine_load(pressure_file: str = "/proc/pressure/cpu") -> float:
