@@ -91,10 +91,13 @@ def dumps_line(obj) -> bytes:
 
 
 def _cache_key(value):
-    """Floats by their bits: 0.0 == -0.0 (and hash alike), yet they round to different results."""
+    """Floats by their bits: 0.0 == -0.0 (and hash alike), yet they round to different results. Anything but a
+    number (or None) is not kept: the child answers it (with round_to_formats' own ValueError)."""
     if isinstance(value, float):
         return ("float", struct.pack("<d", value))
-    return (type(value).__name__, value)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return (type(value).__name__, value)
+    return None
 
 
 class _LRU:
@@ -102,12 +105,14 @@ class _LRU:
         self.size, self.items = size, collections.OrderedDict()
 
     def get(self, key):
-        if key in self.items:
+        if key is not None and key in self.items:
             self.items.move_to_end(key)
             return self.items[key]
         return None
 
     def put(self, key, value) -> None:
+        if key is None:
+            return
         self.items[key] = value
         self.items.move_to_end(key)
         while len(self.items) > self.size:
@@ -151,7 +156,8 @@ class FormatsService:
 
     def number_line_figure_json(self, gradient=None, loss_scale=None) -> str:
         """amp_core.analysis.formats.number_line_figure(gradient, loss_scale).to_json(), from the child."""
-        key = (_cache_key(gradient), _cache_key(loss_scale))
+        keys = (_cache_key(gradient), _cache_key(loss_scale))
+        key = None if None in keys else keys
         with self._lock:
             text = self._figures.get(key)
             if text is None:
@@ -231,7 +237,11 @@ class FormatsService:
 
     def _exchange(self, request: dict):
         try:
-            self._child.stdin.write(dumps_line(request))
+            line = dumps_line(request)
+        except TypeError as e:  # not even JSON: no number the child could cast
+            raise ValueError(f"expected a real number (int or float): {e}") from None
+        try:
+            self._child.stdin.write(line)
             self._child.stdin.flush()
         except (BrokenPipeError, OSError):
             raise _ChildDied(self._death_note("exited")) from None
