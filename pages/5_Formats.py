@@ -1,6 +1,5 @@
 """Formats: what fp32, tf32, fp16, bf16 and fp8 can hold, measured with torch, and where a gradient lands."""
 
-import json
 import math
 import sys
 
@@ -132,8 +131,7 @@ scale_log2 = c2.number_input(
     on_change=scale_to_url,
     help="torch's GradScaler starts at 2^16.",
 )
-figure = json.loads(from_torch(SERVICE.number_line_figure_json, gradient, 2.0**scale_log2))  # Plotly's JSON
-st.plotly_chart(figure, key="number-line")
+st.plotly_chart(from_torch(SERVICE.number_line_figure, gradient, 2.0**scale_log2), key="number-line")
 
 by_name = {f.name: f for f in FMTS}
 fp16, bf16 = by_name["fp16"], by_name["bf16"]

@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import plotly.graph_objects as go
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -106,6 +107,15 @@ def test_zero_and_negative_zero_are_kept_apart(svc):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_number_line_figure_equals_in_process(svc, gradient, loss_scale):
     assert svc.number_line_figure_json(gradient, loss_scale) == fm.number_line_figure(gradient, loss_scale).to_json()
+
+
+def test_the_shared_figure_is_the_in_process_figure(svc):
+    for gradient, loss_scale in [(1e-8, 2.0**16), (1e-10, 2.0**-3), (math.inf, None), (None, None)]:
+        figure = svc.number_line_figure(gradient, loss_scale)
+        # what Figure(json) makes of the in-process figure (it drops the empty `title: {}` that title=None leaves)
+        in_process = go.Figure(json.loads(fm.number_line_figure(gradient, loss_scale).to_json()))
+        assert figure.to_json() == in_process.to_json()
+        assert svc.number_line_figure(gradient, loss_scale) is figure  # built once, then shared
 
 
 def test_properties_and_verdicts_equal_in_process(svc):

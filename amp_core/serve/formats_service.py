@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+import plotly.graph_objects as go
+
 __all__ = ["FormatProperties", "FormatsService", "FormatsServiceError", "service", "shutdown"]
 
 CHILD_COMMAND = (sys.executable, "-m", "amp_core.serve.formats_service")
@@ -135,6 +137,7 @@ class FormatsService:
         self._buffer = b""
         self._properties: tuple[tuple[FormatProperties, ...], dict[str, str]] | None = None
         self._rounded, self._figures = _LRU(cache_size), _LRU(cache_size)
+        self._figure_objects, self._figure_lock = _LRU(cache_size), threading.Lock()
 
     # -- what the page asks ------------------------------------------------------------------------------------------
 
@@ -164,6 +167,18 @@ class FormatsService:
                 text = self._ask({"op": "figure", "gradient": gradient, "loss_scale": loss_scale})
                 self._figures.put(key, text)
         return text
+
+    def number_line_figure(self, gradient=None, loss_scale=None) -> go.Figure:
+        """number_line_figure_json's figure, built once and shared by every session that shows it: read it, never
+        change it. (Building a Figure validates every property, about 80 ms; Streamlit reads a built one in a few.)"""
+        text = self.number_line_figure_json(gradient, loss_scale)
+        with self._figure_lock:
+            figure = self._figure_objects.get(text)
+        if figure is None:
+            figure = go.Figure(json.loads(text))  # outside the lock: two sessions may both build it, both right
+            with self._figure_lock:
+                self._figure_objects.put(text, figure)
+        return figure
 
     def is_running(self) -> bool:
         """True when a child is up and has answered (the next call does not wait for torch's import)."""
