@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 import ui_common  # first: it does the heavy imports once (see there)
-from amp_core.analysis.formats import VERDICTS, formats, number_line_figure, round_to_formats
+from amp_core.serve import formats_service
 
 st.set_page_config(page_title="Formats · AMP Explorer", page_icon="🔢", layout="wide")
 st.title("Number formats")
@@ -17,7 +17,23 @@ st.caption(
     "The inputs live in the URL: copy it to share this view."
 )
 
-FMTS = formats()
+# torch measures every number below, in one child process the server's sessions share (the server imports no torch)
+SERVICE = formats_service.service()
+
+
+def from_torch(ask, *args):
+    """`ask(*args)` answered by the child; a spinner while torch loads in it, a one-line error if it cannot answer."""
+    first = "" if SERVICE.is_running() else " (once per server: torch is loading)"
+    try:
+        with st.spinner(f"Measuring with torch in a child process{first}…"):
+            return ask(*args)
+    except formats_service.FormatsServiceError as err:
+        st.error(f"The formats could not be measured: {err}. Reload the page to try again.")
+        st.stop()
+
+
+FMTS = from_torch(SERVICE.formats)
+VERDICTS = from_torch(SERVICE.verdicts)
 BIG = sys.float_info.max
 LINK = {"value": (float, -BIG, BIG), "gradient": (float, -BIG, BIG), "scale_log2": (int, -24, 126)}
 VERDICT_STYLE = {
@@ -73,7 +89,7 @@ value = st.number_input(
     bind="query-params",
     help="Cast by torch from float64 to each format (through float32, as torch does).",
 )
-rows = pd.DataFrame(round_to_formats(value))
+rows = pd.DataFrame(from_torch(SERVICE.round_to_formats, value))
 st.dataframe(
     rows.style.map(lambda v: VERDICT_STYLE.get(v, ""), subset=["verdict"]).format(
         {"result": repr, "relative_error": "{:.3g}"}
@@ -115,7 +131,7 @@ scale_log2 = c2.number_input(
     on_change=scale_to_url,
     help="torch's GradScaler starts at 2^16.",
 )
-st.plotly_chart(number_line_figure(gradient, 2.0**scale_log2), key="number-line")
+st.plotly_chart(from_torch(SERVICE.number_line_figure, gradient, 2.0**scale_log2), key="number-line")
 
 by_name = {f.name: f for f in FMTS}
 fp16, bf16 = by_name["fp16"], by_name["bf16"]

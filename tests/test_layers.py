@@ -19,11 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "lightning", "wandb")
 PAGES = ["app.py", *(f"pages/{p.name}" for p in sorted((ROOT / "pages").glob("*.py")))]
-# Known, and left for its own change: the Formats page measures the formats with torch itself (torch.finfo, real
-# casts of the user's numbers) in the server. strict: the day it stops, these tests say so and the mark goes.
-TORCH_IN_SERVER = {
-    "pages/5_Formats.py": "amp_core.analysis.formats imports torch at the top and computes with it in the server"
-}
+# Known exceptions, each a strict xfail: the day one stops, these tests say so and its entry goes. (The Formats
+# page left this list when amp_core.serve.formats_service moved its torch into a child process.)
+TORCH_IN_SERVER: dict[str, str] = {}
 RENDER_TIMEOUT_S = 600  # a page that takes a child's answer (Precision, Inside the step) waits for it; shared machine
 
 # Runs in a fresh interpreter: render one page, report what it loaded, then close the launcher as app_env does.

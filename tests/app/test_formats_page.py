@@ -1,6 +1,10 @@
 """The Formats page through Streamlit's AppTest: real torch casts behind every table and the chart."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +12,17 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from amp_core.analysis.formats import formats
+from amp_core.serve import formats_service
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = [f.name for f in formats()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_child_left():
+    """The page's child (one for the module's tests) is stopped after them."""
+    yield
+    formats_service.shutdown()
 
 
 def page() -> AppTest:
@@ -116,3 +128,60 @@ def test_scale_change_goes_into_the_link(app_env):
     assert not at.exception and at.query_params["scale_log2"] in ("20", ["20"])
     at.number_input(key="scale_log2").set_value(16).run()
     assert "scale_log2" not in at.query_params
+
+
+def test_a_child_that_cannot_measure_is_one_line_error_on_the_page(app_env, monkeypatch):
+    failing = formats_service.FormatsService(
+        command=(sys.executable, "-c", "raise SystemExit('ImportError: no torch in this child')")
+    )
+    monkeypatch.setattr(formats_service, "_SERVICE", failing)
+    try:
+        at = page().run()
+    finally:
+        failing.close()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "The formats could not be measured: torch's child process exited (code 1): "
+        "ImportError: no torch in this child. Reload the page to try again."
+    ]
+    assert not at.table and not at.dataframe  # the page stopped at the error
+
+
+# In a fresh interpreter, as the server is: render, change the value, report what was loaded.
+FRESH_RENDER = """
+import json, sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=300).run()
+first = [e.value for e in at.exception]
+at.number_input(key="value").set_value(70000.0).run()
+table = at.dataframe[0].value
+from amp_core.serve import formats_service
+child = formats_service.service().pid
+formats_service.shutdown()
+print("REPORT " + json.dumps({
+    "exceptions": first + [e.value for e in at.exception],
+    "errors": [e.value for e in at.error],
+    "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")),
+    "fp16": dict(zip(table["format"], table["verdict"]))["fp16"],
+    "child": child,
+}))
+"""
+
+
+def test_the_page_in_a_fresh_server_loads_no_torch(app_env):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "AMP_RUNS_DIR": str(app_env)}
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_RENDER, str(ROOT / "pages/5_Formats.py")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith("REPORT ")]
+    assert out.returncode == 0 and lines, out.stderr[-3000:]
+    report = json.loads(lines[-1].removeprefix("REPORT "))
+    assert report["exceptions"] == [] and report["errors"] == []
+    assert report["torch"] == []
+    assert report["fp16"] == "overflow"  # torch did measure it: in the child
+    assert isinstance(report["child"], int) and not Path(f"/proc/{report['child']}").exists()
