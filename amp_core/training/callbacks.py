@@ -141,8 +141,9 @@ class LossScaleMonitor(Callback):
     `log_skipped_step(step, row)` method): whether the gradients held inf or NaN, the parameter that
     first held one in backward order (the first to receive its gradient: where the overflow began,
     as inf spreads from there to every earlier layer), the scale before and after, and whether an LR
-    scheduler stepped although the optimizer did not. The flags and the parameter's index are
-    computed on the device and travel in the same batched copy as the other values.
+    scheduler stepped although the optimizer did not. It costs no device work per step: the
+    per-parameter gradient norms (needed for `amp/grad_norm` anyway) travel in the same batched copy
+    as the other values, and only a skipped step's are looked at, on the host.
 
     Every `histogram_every` steps it also counts the unscaled gradient values in log2 bins (on the
     device, like everything else) and hands the histogram to loggers that have a
@@ -153,7 +154,9 @@ class LossScaleMonitor(Callback):
 
     Args:
         flush_every: steps kept on the device before one batched copy to the host. None: every
-            step on CPU (a copy is free there), 20 on CUDA.
+            step on CPU (a copy is free there; `RunRecordLogger`'s writer batches the file writes
+            by time instead), 20 on CUDA. Whatever is kept is also published when training pauses
+            (validation, an epoch's end) and when it ends or fails.
         histogram_every: steps between gradient histograms; None for none.
     """
 
@@ -161,6 +164,7 @@ class LossScaleMonitor(Callback):
     # Bin k of a histogram counts |g| in [2**(LOG2_LO + k), 2**(LOG2_LO + k + 1)); the first bin also
     # takes everything smaller, zeros included (they are counted apart as well).
     LOG2_LO, LOG2_HI = -64, 32
+    VALUES = 7  # per step: loss, scale, skipped, grad norm, grad max, growth tracker, scale after
 
     def __init__(self, flush_every: int | None = None, histogram_every: int | None = None):
         for name, value in (("flush_every", flush_every), ("histogram_every", histogram_every)):
@@ -173,7 +177,8 @@ class LossScaleMonitor(Callback):
         self._pending: dict[str, Any] | None = None  # the step between on_before_optimizer_step and update()
         self._steps: list[int] = []
         self._scheduler_moves: list[tuple[bool, bool]] = []  # host facts per step: (scheduler moved, optimizer stepped)
-        self._rows: list[torch.Tensor] = []
+        self._rows: list[torch.Tensor] = []  # per step: its values, then its per-parameter gradient norms
+        self._ledger_steps: list[Any] = []  # per step: what the ledger needs to explain a skip (host side)
         self._hists: list[tuple[int, torch.Tensor]] = []
         self._in_flight: list[tuple[list[int], torch.Tensor, list[int], torch.Tensor | None, Any]] = []
         self._has_scaler = False
@@ -193,7 +198,11 @@ class LossScaleMonitor(Callback):
                 "LossScaleMonitor follows automatic optimization; with manual optimization it records nothing."
             )
         self._has_scaler = get_scaler(trainer) is not None
-        self._cuda = trainer.strategy.root_device.type == "cuda"
+        self._device = trainer.strategy.root_device
+        self._cuda = self._device.type == "cuda"
+        # made once: per step, every small tensor made on the CPU costs a few microseconds of dispatch
+        self._zero = torch.zeros((), device=self._device)
+        self._nan = torch.full((), float("nan"), device=self._device)
         if self.flush_every is None:
             self.flush_every = 20 if self._cuda else 1
         self._ledger.attach(trainer, pl_module)
@@ -220,27 +229,14 @@ class LossScaleMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         scaler = get_scaler(trainer)
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        device = trainer.strategy.root_device
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
         if grads:
-            norms = torch.stack(torch._foreach_norm(grads)).float()
-            norm = torch.linalg.vector_norm(norms)
-            if grads[0].is_cuda:  # one fused kernel
-                maxabs = torch.stack(torch._foreach_norm(grads, float("inf"))).float()
-            else:  # the inf-norm is a slow reduction on CPU (~1 ms for the demo MLP); min and max are not
-                extremes = [
-                    torch.stack(torch.aminmax(g)).float() if g.numel() else torch.zeros(2, device=device) for g in grads
-                ]
-                maxabs = torch.stack(extremes).abs().amax(dim=1)
-            gmax = maxabs.max()
-            ledger = self._ledger.flags(optimizer, norms, maxabs)
+            norms, norm, gmax = self._grad_stats(grads)
         else:
-            norm = gmax = torch.zeros((), device=device)
-            ledger = torch.cat(
-                [torch.zeros(2, device=device), torch.full((1,), -1.0, device=device)]
-            )  # no inf, no NaN, no parameter
+            norms, norm, gmax = torch.zeros(0, device=self._device), self._zero, self._zero
         scale = None
-        unscale = torch.ones((), device=device)
+        unscale = None
         if scaler is not None and getattr(scaler, "_scale", None) is not None:
             scale = scaler._scale.detach().clone()
             state = scaler._per_optimizer_states.get(id(optimizer), {})
@@ -248,14 +244,32 @@ class LossScaleMonitor(Callback):
                 unscale = scale  # a fused optimizer unscales inside step(): these gradients are still scaled
         step = trainer.global_step
         if self.histogram_every and grads and step % self.histogram_every == 0:
-            self._hists.append((step, self._histogram(grads, torch.log2(unscale))))
+            log2_unscale = torch.log2(unscale) if unscale is not None else self._zero
+            self._hists.append((step, self._histogram(grads, log2_unscale)))
+        if unscale is not None:
+            norm, gmax = norm / unscale, gmax / unscale
         self._pending = {
             "step": step,
             "scale": scale,
-            "norm": (norm / unscale).detach(),
-            "max": (gmax / unscale).detach(),
-            "ledger": ledger,
+            "norm": norm.detach(),
+            "max": gmax.detach(),
+            "norms": norms.detach(),
+            "ledger": self._ledger.take_step(params),
         }
+
+    @staticmethod
+    def _grad_stats(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-parameter L2 norms, their global norm and the largest |g|, all float32, in as few device
+        calls as the platform allows. Norms of fp16 and bf16 gradients are taken in float32, so a
+        large fp16 gradient does not read as an overflow."""
+        wide = any(g.dtype == torch.float64 for g in grads)  # float64 cannot be narrowed inside the norm
+        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=None if wide else torch.float32)).float()
+        if grads[0].is_cuda:  # one fused kernel
+            gmax = torch.stack(torch._foreach_norm(grads, float("inf"))).max().float()
+        else:  # the inf-norm is a slow reduction on CPU (~1 ms for the demo MLP); min and max are not
+            extremes = [x for g in grads if g.numel() for x in torch.aminmax(g)]
+            gmax = torch.stack(extremes).abs().max().float() if extremes else torch.zeros((), device=grads[0].device)
+        return norms, torch.linalg.vector_norm(norms), gmax
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -264,43 +278,41 @@ class LossScaleMonitor(Callback):
         if pending is None:  # gradient accumulation: no optimizer step on this batch
             self._publish_landed(trainer, wait=False)
             return
-        device = pending["norm"].device
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        loss = (
-            loss.detach().float().reshape(())
-            if isinstance(loss, torch.Tensor)
-            else torch.full((), float("nan"), device=device)
-        )
+        loss = loss.detach().float().reshape(()).to(self._device) if isinstance(loss, torch.Tensor) else self._nan
         scaler = get_scaler(trainer)
-        nan = torch.full((), float("nan"), device=device)
+        nan = self._nan
         if pending["scale"] is not None:
             skipped = (scaler._scale < pending["scale"]).float()
             tracker = scaler._growth_tracker.float() if scaler._growth_tracker is not None else nan
             scale, scale_after = pending["scale"], scaler._scale.float().reshape(())
         else:
-            scale, skipped, tracker, scale_after = nan, torch.zeros((), device=device), nan, nan
+            scale, skipped, tracker, scale_after = nan, self._zero, nan, nan
         self._steps.append(pending["step"])
         self._scheduler_moves.append(self._ledger.batch_facts(trainer))
-        values = [loss.to(device), scale, skipped, pending["norm"], pending["max"], tracker, scale_after]
-        self._rows.append(torch.cat([torch.stack(values), pending["ledger"].to(device)]))
-        if len(self._rows) >= self.flush_every:
+        self._ledger_steps.append(pending["ledger"])
+        self._rows.append(torch.stack([loss, scale, skipped, pending["norm"], pending["max"], tracker, scale_after]))
+        self._rows.append(pending["norms"])
+        if len(self._steps) >= self.flush_every:
             self._flush()
         self._publish_landed(trainer, wait=False)
 
     def _flush(self) -> None:
         if not self._rows:
             return
-        block = torch.stack(self._rows)
+        block = torch.cat(self._rows)  # one flat block: a step's values, then its norms (their count varies)
         hist_steps = [s for s, _ in self._hists]
         hists = torch.stack([h for _, h in self._hists]) if self._hists else None
+        widths = [len(n) for n in self._rows[1::2]]
         steps, self._steps, self._rows, self._hists = self._steps, [], [], []
         moves, self._scheduler_moves = self._scheduler_moves, []
+        ledger, self._ledger_steps = self._ledger_steps, []
         event = None
         if self._cuda:
             block, hists = (self._to_pinned(t) for t in (block, hists))
             event = torch.cuda.Event()
             event.record()
-        self._in_flight.append((list(zip(steps, moves)), block, hist_steps, hists, event))
+        self._in_flight.append((list(zip(steps, moves, ledger, widths)), block, hist_steps, hists, event))
 
     @staticmethod
     def _to_pinned(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -319,8 +331,10 @@ class LossScaleMonitor(Callback):
                 elif not event.query():
                     return
             self._in_flight.pop(0)
-            for (step, moves), values in zip(steps, block.tolist()):
-                loss, scale, skipped, norm, gmax, tracker, scale_after, *flags = values
+            flat, at = block.tolist(), 0
+            for step, moves, ledger, width in steps:
+                loss, scale, skipped, norm, gmax, tracker, scale_after = flat[at : at + self.VALUES]
+                norms, at = flat[at + self.VALUES : at + self.VALUES + width], at + self.VALUES + width
                 metrics = {"amp/loss": loss, "amp/skipped": skipped, "amp/grad_norm": norm, "amp/grad_max": gmax}
                 if self._has_scaler:
                     metrics["amp/loss_scale"] = scale
@@ -328,7 +342,7 @@ class LossScaleMonitor(Callback):
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=step)
                 if skipped:
-                    row = self._ledger.row(scale, scale_after, flags, moves)
+                    row = self._ledger.row(scale, scale_after, norms, ledger, moves)
                     for logger in trainer.loggers:
                         if hasattr(logger, "log_skipped_step"):
                             logger.log_skipped_step(step, row)
@@ -336,6 +350,20 @@ class LossScaleMonitor(Callback):
                 for logger in trainer.loggers:
                     if hasattr(logger, "log_grad_histogram"):
                         logger.log_grad_histogram(step, self.LOG2_LO, [int(c) for c in h[2:]], int(h[0]), int(h[1]))
+
+    def _publish_and_save(self, trainer: pl.Trainer) -> None:
+        """Training pauses (validation, an epoch's end): what was measured goes to the loggers and, through
+        Lightning's `Logger.save()`, to disk, so a live view is not left behind while it waits."""
+        self._flush()
+        self._publish_landed(trainer, wait=False)
+        for logger in trainer.loggers:
+            logger.save()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish_and_save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish_and_save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush()
