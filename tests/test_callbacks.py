@@ -20,13 +20,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.plugins import MixedPrecision
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from amp_core.training.callbacks import FP16_PRECISIONS, AmpWandbCallback, LossScaleMonitor, get_loss_scale, get_scaler
 from amp_core.training.model import DemoMLP, synthetic_loader
 from tests.support.cuda import sync_checked
+from tests.support.loggers import MemoryLogger
 
 HUGE_SCALE = 2.0**40  # the first ~20 fp16 steps overflow at this scale
 GROWTH_INTERVAL = 5
@@ -36,31 +36,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 # ---------------------------------------------------------------- helpers
-
-
-class CaptureLogger(Logger):
-    """A real Lightning logger that keeps every log_metrics call in memory."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple[int | None, dict]] = []
-
-    @property
-    def name(self) -> str:
-        return "capture"
-
-    @property
-    def version(self) -> str:
-        return "0"
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self.calls.append((step, dict(metrics)))
-
-    def monitor_records(self) -> list[tuple[int, dict]]:
-        return [(step, m) for step, m in self.calls if "amp/loss" in m]
 
 
 class IndependentGradNorm(Callback):
@@ -108,7 +83,7 @@ def fit(
 ):
     """One short real training run; returns (trainer, logger, monitor)."""
     pl.seed_everything(seed, verbose=False)
-    logger = CaptureLogger() if logger is None else logger
+    logger = MemoryLogger() if logger is None else logger
     monitor = LossScaleMonitor() if monitor is None else monitor
     device = "cuda" if accelerator == "gpu" else "cpu"
     kwargs = {**precision_kwargs(precision, device, init_scale, growth_interval), **trainer_kwargs}
@@ -328,7 +303,7 @@ def test_real_wandb_offline_run(tmp_path, monkeypatch):
     try:
         wandb_logger = WandbLogger(offline=True, save_dir=str(save_dir), project="amp-explorer-tests")
         cb = AmpWandbCallback(enabled=True, precision="16-mixed", log_every_n_steps=2)
-        trainer, _, _ = fit("16-mixed", steps=8, callbacks=[cb], logger=[wandb_logger, CaptureLogger()], batches=4)
+        trainer, _, _ = fit("16-mixed", steps=8, callbacks=[cb], logger=[wandb_logger, MemoryLogger()], batches=4)
         assert trainer.state.finished and trainer.global_step == 8
         assert wandb.run is not None
     finally:
@@ -506,7 +481,7 @@ def test_monitor_keeps_what_it_measured_when_training_fails():
             if trainer.global_step == 5:
                 raise RuntimeError("boom")
 
-    logger = CaptureLogger()
+    logger = MemoryLogger()
     with pytest.raises(RuntimeError, match="boom"):
         fit("32-true", steps=20, callbacks=[Boom()], logger=logger, monitor=LossScaleMonitor(flush_every=100))
     assert [s for s, _ in logger.monitor_records()] == list(range(5))

@@ -13,6 +13,8 @@ event says when the copy has landed, and only then are the values published.
 from __future__ import annotations
 
 import importlib
+import math
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -153,10 +155,11 @@ class LossScaleMonitor(Callback):
     fused optimizers, which unscale inside `step()` and leave the scaler's per-optimizer state empty.
 
     Args:
-        flush_every: steps kept on the device before one batched copy to the host. None: every
-            step on CPU (a copy is free there; `RunRecordLogger`'s writer batches the file writes
-            by time instead), 20 on CUDA. Whatever is kept is also published when training pauses
-            (validation, an epoch's end) and when it ends or fails.
+        flush_every: steps kept before one batched copy to the host and publication. None: on CPU,
+            every `PUBLISH_SECONDS` (0.05 s: per-step publishing costs more than the copy), on
+            CUDA every 20 steps. What was published is then saved (`Logger.save()`, at most every
+            0.05 s), so `RunRecordLogger` writes it. Whatever is kept is also published and saved
+            when training pauses (validation, an epoch's end), ends or fails.
         histogram_every: steps between gradient histograms; None for none.
     """
 
@@ -165,6 +168,7 @@ class LossScaleMonitor(Callback):
     # takes everything smaller, zeros included (they are counted apart as well).
     LOG2_LO, LOG2_HI = -64, 32
     VALUES = 7  # per step: loss, scale, skipped, grad norm, grad max, growth tracker, scale after
+    PUBLISH_SECONDS = 0.05  # on CPU, steps are published (and saved) in batches this far apart
 
     def __init__(self, flush_every: int | None = None, histogram_every: int | None = None):
         for name, value in (("flush_every", flush_every), ("histogram_every", histogram_every)):
@@ -203,8 +207,8 @@ class LossScaleMonitor(Callback):
         # made once: per step, every small tensor made on the CPU costs a few microseconds of dispatch
         self._zero = torch.zeros((), device=self._device)
         self._nan = torch.full((), float("nan"), device=self._device)
-        if self.flush_every is None:
-            self.flush_every = 20 if self._cuda else 1
+        self._every = self.flush_every or (20 if self._cuda else None)  # None: by time (CPU)
+        self._flushed_at = self._saved_at = -math.inf  # the first step is published at once
         self._ledger.attach(trainer, pl_module)
 
     def on_train_batch_start(
@@ -216,14 +220,29 @@ class LossScaleMonitor(Callback):
         """[zeros, nonfinite, counts...] of |g| / scale in log2 bins, without leaving the device."""
         bins = self.LOG2_HI - self.LOG2_LO
         out = torch.zeros(bins + 2, device=grads[0].device)
-        for g in grads:
-            a = g.detach().abs().float().flatten()
+        for a in self._flat_chunks(grads):
+            a = a.abs().float()
             out[0] += (a == 0).sum()
             out[1] += (~torch.isfinite(a)).sum()
             # log2(0) = -inf is clamped into the first bin; inf and NaN fall outside histc's range.
             x = (torch.log2(a) - log2_unscale).clamp(min=self.LOG2_LO)
             out[2:] += torch.histc(x, bins=bins, min=self.LOG2_LO, max=self.LOG2_HI)
         return out
+
+    @staticmethod
+    def _flat_chunks(grads: list[torch.Tensor], limit: int = 1 << 22) -> list[torch.Tensor]:
+        """The gradients as few flat tensors of at most `limit` elements each (a larger one stays alone):
+        one set of reductions per chunk instead of per parameter, without copying a large model at once."""
+        chunks, group, size = [], [], 0
+        for g in grads:
+            if group and size + g.numel() > limit:
+                chunks.append(torch.cat(group) if len(group) > 1 else group[0])
+                group, size = [], 0
+            group.append(g.detach().reshape(-1))
+            size += g.numel()
+        if group:
+            chunks.append(torch.cat(group) if len(group) > 1 else group[0])
+        return chunks
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -293,9 +312,21 @@ class LossScaleMonitor(Callback):
         self._ledger_steps.append(pending["ledger"])
         self._rows.append(torch.stack([loss, scale, skipped, pending["norm"], pending["max"], tracker, scale_after]))
         self._rows.append(pending["norms"])
-        if len(self._steps) >= self.flush_every:
+        now = time.monotonic()
+        due = len(self._steps) >= self._every if self._every else now - self._flushed_at >= self.PUBLISH_SECONDS
+        if due:
             self._flush()
-        self._publish_landed(trainer, wait=False)
+            self._flushed_at = now
+        if self._publish_landed(trainer, wait=False) and (
+            not self._every or now - self._saved_at >= self.PUBLISH_SECONDS
+        ):
+            self._save_loggers(trainer)
+            self._saved_at = now
+
+    def _save_loggers(self, trainer: pl.Trainer) -> None:
+        """Lightning's `Logger.save()`: a logger that buffers (RunRecordLogger's writer) writes now."""
+        for logger in trainer.loggers:
+            logger.save()
 
     def _flush(self) -> None:
         if not self._rows:
@@ -322,15 +353,18 @@ class LossScaleMonitor(Callback):
         host.copy_(t, non_blocking=True)
         return host
 
-    def _publish_landed(self, trainer: pl.Trainer, wait: bool) -> None:
+    def _publish_landed(self, trainer: pl.Trainer, wait: bool) -> int:
+        """Hands every landed block to the loggers; returns how many steps it published."""
+        published = 0
         while self._in_flight:
             steps, block, hist_steps, hists, event = self._in_flight[0]
             if event is not None:
                 if wait:
                     event.synchronize()
                 elif not event.query():
-                    return
+                    break
             self._in_flight.pop(0)
+            published += len(steps)
             flat, at = block.tolist(), 0
             for step, moves, ledger, width in steps:
                 loss, scale, skipped, norm, gmax, tracker, scale_after = flat[at : at + self.VALUES]
@@ -350,14 +384,14 @@ class LossScaleMonitor(Callback):
                 for logger in trainer.loggers:
                     if hasattr(logger, "log_grad_histogram"):
                         logger.log_grad_histogram(step, self.LOG2_LO, [int(c) for c in h[2:]], int(h[0]), int(h[1]))
+        return published
 
     def _publish_and_save(self, trainer: pl.Trainer) -> None:
         """Training pauses (validation, an epoch's end): what was measured goes to the loggers and, through
         Lightning's `Logger.save()`, to disk, so a live view is not left behind while it waits."""
         self._flush()
         self._publish_landed(trainer, wait=False)
-        for logger in trainer.loggers:
-            logger.save()
+        self._save_loggers(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._publish_and_save(trainer)
