@@ -4,9 +4,10 @@
     python bench/monitor_overhead.py --quick    # what `bench/run.py --quick` runs: about 3 minutes on 2 cores
 
 Each figure is a ratio of per-step times of two Trainers, A and B, that live in one process at once,
-each in its own thread, and take turns (A B B A ...): one turn is `STEPS_PER_TURN` steps of one
-Trainer while the other waits, and a turn's value is the median time of its steps (a step: from one
-`on_train_batch_start` to the next, so the loop, every hook and the loggers are inside it). The ratio
+each in its own thread, and take turns (A B B A ...): one turn is ~20 ms (at least 3 steps) of one
+Trainer while the other waits, and a turn's value is the median time of its steps but the first (a
+step: from one `on_train_batch_start` to the next, so the loop, every hook and the loggers are
+inside it; the first follows the other side's turn, with cold caches). The ratio
 is the median of B/A over the pairs (`bench.report.interleaved_ratio`), after warm-up turns. Both
 sides have a logger (the bare side a `MemoryLogger` that drops everything), so only B's own work
 differs. Interleaving in one process puts a burst of load from other processes on both sides alike.
@@ -15,6 +16,7 @@ differs. Interleaving in one process puts a burst of load from other processes o
                32-true, bf16-mixed and 16-mixed (on CPU through the explicit fp16 plugin,
                amp_core.training.plugins.fp16_mixed), on the MLP and the GPT workload, default sizes
     ledger     the monitor vs the monitor with its skip ledger replaced by one that does nothing
+    control    bare vs bare: the method's own noise on this machine at the time (ideally 1.000)
     wandb      AmpWandbCallback alone, logging the loss scale every step to an offline W&B run, vs bare
     W&B logger the offline WandbLogger amp_core.train adds, next to the monitor, vs the monitor alone
 """
@@ -117,7 +119,9 @@ class Side:
         self.turns._paused.wait()
         if self.error is not None:
             raise RuntimeError(f"a benchmark Trainer failed: {type(self.error).__name__}: {self.error}") from self.error
-        m = self.turns.marks
+        # the turn's first step follows the other Trainer's turn (cold caches) and is left out: every step
+        # counted follows one of its own, whichever side went first in the pair
+        m = self.turns.marks[1:]
         self.cpu.append(statistics.median(b[1] - a[1] for a, b in zip(m, m[1:])))
         return statistics.median(b[0] - a[0] for a, b in zip(m, m[1:]))
 
@@ -203,14 +207,14 @@ class Measured:
 
 
 def ab_ratio(make_a: Callable[[], Side], make_b: Callable[[], Side], seconds: float) -> Measured:
-    """The median B/A per-step ratio over interleaved pairs of turns
-    for about `seconds`. A turn lasts about TURN_SECONDS (at least one step): short turns put the same
-    bursts of load on both sides."""
+    """The median B/A per-step ratio over interleaved pairs of turns for about `seconds`. A turn lasts
+    about TURN_SECONDS (at least 3 steps, its first one not counted): short turns put the same bursts of
+    load on both sides."""
     a, b = make_a(), make_b()
     try:
         warm = [t for _ in range(WARMUP_TURNS) for t in (a.turn(), b.turn())]
         step = statistics.median(warm[-2:])
-        steps = max(1, round(TURN_SECONDS / step))
+        steps = max(3, round(TURN_SECONDS / step))
         a.turns.steps = b.turns.steps = steps
         pairs = max(MIN_PAIRS, round(seconds / (2 * steps * step)))
         r = interleaved_ratio(a.turn, b.turn, pairs)
@@ -246,6 +250,14 @@ def monitor_figures(tmp: Path, seconds: float, workloads=WORKLOAD_NAMES, precisi
             out.append(figure("monitor", f"monitor per step, {workload} {precision}", m.ratio, "x", how, at_most=GOAL))
             print(f"  {out[-1].name}: {m.ratio:.3f}", file=sys.stderr, flush=True)
     return out
+
+
+def control_figure(tmp: Path, seconds: float) -> Figure:
+    """Bare Lightning against bare Lightning: what the method reads when B does nothing more than A
+    (its noise on this machine, now). The other figures are as good as this is close to 1."""
+    config = config_for("mlp", "32-true")
+    m = ab_ratio(partial(bare, config, tmp), partial(bare, config, tmp), seconds)
+    return figure("monitor", "control: bare vs bare, mlp 32-true", m.ratio, "x", _how("bare", "bare", m))
 
 
 def ledger_figure(tmp: Path, seconds: float) -> Figure:
@@ -319,9 +331,10 @@ def figures(quick: bool, tmp: Path) -> list[Figure]:
     """Every figure of this benchmark (CPU). quick: fewer pairs of turns (about 3 minutes on 2 cores)."""
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    seconds = 12.0 if quick else 40.0  # of interleaved turns per figure, after warm-up
+    seconds = 9.0 if quick else 40.0  # of interleaved turns per figure, after warm-up
     tmp = Path(tmp)
-    out = monitor_figures(tmp, seconds)
+    out = [control_figure(tmp, seconds)]
+    out += monitor_figures(tmp, seconds)
     out.append(ledger_figure(tmp, seconds))
     out.append(wandb_callback_figure(tmp, seconds))
     out.append(wandb_logger_figure(tmp, seconds))
