@@ -1,46 +1,40 @@
-"""How much does watching the loss scale cost? A benchmark (not a test: nothing here asserts a time).
+"""What watching the loss scale costs, per training step (a benchmark: nothing here asserts a time).
 
-    python bench/monitor_overhead.py            # CPU, and CUDA too when there is one
-    python bench/monitor_overhead.py --quick    # CI-sized: under 3 minutes on a small CPU box
-    python bench/monitor_overhead.py --threads 1 --precisions 32-true
+    python bench/monitor_overhead.py            # the full set (a few minutes more than --quick)
+    python bench/monitor_overhead.py --quick    # what `bench/run.py --quick` runs: about 3 minutes on 2 cores
 
-Two arms are measured against bare Lightning at the same precision, in one process:
+Each figure is a ratio of per-step times of two Trainers, A and B, that live in one process at once,
+each in its own thread, and take turns (A B B A ...): one turn is ~20 ms (at least 3 steps) of one
+Trainer while the other waits, and a turn's value is the median time of its steps but the first (a
+step: from one `on_train_batch_start` to the next, so the loop, every hook and the loggers are
+inside it; the first follows the other side's turn, with cold caches). The ratio
+is the median of B/A over the pairs (`bench.report.interleaved_ratio`), after warm-up turns. Both
+sides have a logger (the bare side a `MemoryLogger` that drops everything), so only B's own work
+differs. Interleaving in one process puts a burst of load from other processes on both sides alike.
 
-    monitor   LossScaleMonitor + RunRecordLogger appending metrics.jsonl   (what amp_core.train adds)
-    wandb     AmpWandbCallback logging to an active offline W&B run, every step (the CPU cadence of
-              amp_core.train, and the worst case on CUDA where it logs every 20th step)
-
-The bare runs have a logger too (a no-op Lightning Logger), so only the arm's own work differs.
-A step's time is the time between consecutive `on_train_batch_start` calls: the whole step, the
-loop, hooks and loggers included. Warm-up steps are dropped; numbers are medians.
-
-Three estimates of the same ratio, because a small shared machine is noisy:
-
-    trials    bare and armed Trainer runs take turns (rotating order, several repeats); median of
-              all post-warm-up step times of each side. What a user would time, and the noisiest.
-    paired    one Trainer per repeat in which the arm is switched on for every other step (the same
-              Trainer, data, logger and warm caches on both sides); median of armed steps over
-              median of bare steps. Bursts of load from other processes hit both sides alike.
-    hooks     1 + (median time per step spent inside the arm's own hooks, logger writes included)
-              / bare step time: the direct cost, with nothing else in it.
-
-On CUDA every timed step ends with torch.cuda.synchronize() (else per-step times are launch times);
-that serialises the monitor's few small kernels with the step, so the CUDA ratios are upper bounds.
-fp16 on CPU runs through the explicit MixedPrecision('16-mixed', 'cpu') plugin with a CPU GradScaler,
-as amp_core.train does, so the scaler's work is real (and slow: a CPU emulates most fp16 math).
-The goal is a ratio of at most 1.03.
+    monitor    LossScaleMonitor + RunRecordLogger (what amp_core.train adds) vs bare Lightning, at
+               32-true, bf16-mixed and 16-mixed (on CPU through the explicit fp16 plugin,
+               amp_core.training.plugins.fp16_mixed), on the MLP and the GPT workload, default sizes
+    ledger     the monitor vs the monitor with its skip ledger replaced by one that does nothing
+    control    bare vs bare: the method's own noise on this machine at the time (ideally 1.000)
+    wandb      AmpWandbCallback alone, logging the loss scale every step to an offline W&B run, vs bare
+    W&B logger the offline WandbLogger amp_core.train adds, next to the monitor, vs the monitor alone
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never online from a benchmark
@@ -50,274 +44,326 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
-from pytorch_lightning.loggers.logger import Logger  # noqa: E402
-from pytorch_lightning.plugins import MixedPrecision  # noqa: E402
 
-from amp_core.record import RunWriter  # noqa: E402
+from amp_core.record import METRICS_FILE, RunWriter  # noqa: E402
 from amp_core.training.callbacks import AmpWandbCallback, LossScaleMonitor  # noqa: E402
-from amp_core.training.model import DemoMLP, synthetic_loader  # noqa: E402
+from amp_core.training.config import RunConfig  # noqa: E402
+from amp_core.training.plugins import build_precision  # noqa: E402
 from amp_core.training.record_logger import RunRecordLogger  # noqa: E402
+from amp_core.training.skip_probe import SkipLedgerProbe  # noqa: E402
+from amp_core.training.wandb_logger import make_wandb_logger  # noqa: E402
+from amp_core.training.workloads import WORKLOADS  # noqa: E402
+from bench.report import Figure, figure, interleaved_ratio, not_measured  # noqa: E402
+from tests.support.loggers import MemoryLogger  # noqa: E402
 
 GOAL = 1.03
-PER_STEP_HOOKS = {"monitor": ("on_before_optimizer_step", "on_train_batch_end"), "wandb": ("on_train_batch_end",)}
-ONCE_HOOKS = {
-    "monitor": ("on_train_start", "on_train_end"),
-    "wandb": ("on_train_start", "on_train_epoch_end", "on_train_end"),
-}
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+WORKLOAD_NAMES = ("mlp", "gpt")
+STEPS_PER_TURN = 5  # during warm-up; then as many as fill TURN_SECONDS
+TURN_SECONDS = 0.02
+WARMUP_TURNS = 3
+MIN_PAIRS = 8
 
 
-class NoOpLogger(Logger):
-    """A real Lightning logger that drops everything: the bare side has a logger too."""
+class Turns(Callback):
+    """Lets a Trainer running in its own thread take turns of `steps` steps; `Side.turn()` runs one.
+    Put it first among the callbacks: its mark comes before any other callback's work of the step."""
 
-    @property
-    def name(self) -> str:
-        return "noop"
-
-    @property
-    def version(self) -> str:
-        return "0"
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-    def log_metrics(self, metrics, step=None) -> None:
-        pass
-
-
-class Armed(Callback):
-    """Runs the arm's callback, timing each of its hooks; with `alternate`, only on every other step."""
-
-    def __init__(self, arm: str, inner: Callback, alternate: bool):
-        self.inner, self.alternate = inner, alternate
-        self.per_step_hooks, self.once_hooks = PER_STEP_HOOKS[arm], ONCE_HOOKS[arm]
-        self.calls: dict[str, list[float]] = {h: [] for h in self.per_step_hooks}
-        self.once = 0.0
-        self.active = True
-        self._batches = 0
-
-    def _run(self, name: str, *args):
-        t0 = time.perf_counter()
-        getattr(self.inner, name)(*args)
-        dt = time.perf_counter() - t0
-        if name in self.calls:
-            self.calls[name].append(dt)
-        else:
-            self.once += dt
-
-    def setup(self, trainer, pl_module, stage):
-        self.inner.setup(trainer, pl_module, stage)
-
-    def on_train_start(self, trainer, pl_module):
-        self._run("on_train_start", trainer, pl_module)
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.marks: list[tuple[float, float]] = []  # (wall, process CPU) seconds at each step's start
+        self._left = 0  # steps left in this turn: none, so it waits at its first step
+        self._go, self._paused = threading.Event(), threading.Event()
+        self._finishing = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.active = not self.alternate or self._batches % 2 == 1
-        self._batches += 1
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        if self.active and "on_before_optimizer_step" in self.per_step_hooks:
-            self._run("on_before_optimizer_step", trainer, pl_module, optimizer)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.active:
-            self._run("on_train_batch_end", trainer, pl_module, outputs, batch, batch_idx)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if "on_train_epoch_end" in self.once_hooks:
-            self._run("on_train_epoch_end", trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module):
-        self._run("on_train_end", trainer, pl_module)
-
-    def hook_seconds_per_step(self, steps: int) -> float:
-        """Median time per call of each per-step hook, plus the one-off hooks spread over the steps."""
-        return sum(statistics.median(c) for c in self.calls.values() if c) + self.once / steps
+        if self._finishing:
+            return
+        if self._left == 0:
+            if self.marks:
+                self.marks.append((time.perf_counter(), time.process_time()))  # the end of the turn's last step
+            self._paused.set()
+            self._go.wait()
+            self._go.clear()
+            if self._finishing:
+                trainer.should_stop = True
+                return
+            self.marks, self._left = [], self.steps
+        self.marks.append((time.perf_counter(), time.process_time()))
+        self._left -= 1
 
 
-class StepTimer(Callback):
-    """Marks each step's start; step i lasts from its start to step i+1's. Remembers if the arm was on."""
+class Side:
+    """One Trainer fitting in its own thread, a turn at a time."""
 
-    def __init__(self, armed: Armed | None, cuda: bool):
-        self.armed, self.cuda = armed, cuda
-        self.marks: list[tuple[float, bool]] = []
+    def __init__(self, trainer: pl.Trainer, module, data, turns: Turns):
+        self.trainer, self.turns, self.error = trainer, turns, None
+        self.cpu: list[float] = []  # each turn's median CPU seconds per step (this process; the other side waits)
+        self.thread = threading.Thread(target=self._fit, args=(module, data), daemon=True)
+        self.thread.start()
+        turns._paused.wait()  # at its first step
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.marks.append((time.perf_counter(), bool(self.armed and self.armed.active)))
+    def _fit(self, module, data) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore")
+                self.trainer.fit(module, data)
+        except BaseException as e:  # re-raised by turn()
+            self.error = e
+        finally:
+            self.turns._paused.set()
 
-    def on_train_end(self, trainer, pl_module):
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.marks.append((time.perf_counter(), False))
+    def turn(self) -> float:
+        self.turns._paused.clear()
+        self.turns._go.set()
+        self.turns._paused.wait()
+        if self.error is not None:
+            raise RuntimeError(f"a benchmark Trainer failed: {type(self.error).__name__}: {self.error}") from self.error
+        # the turn's first step follows the other Trainer's turn (cold caches) and is left out: every step
+        # counted follows one of its own, whichever side went first in the pair
+        m = self.turns.marks[1:]
+        self.cpu.append(statistics.median(b[1] - a[1] for a, b in zip(m, m[1:])))
+        return statistics.median(b[0] - a[0] for a, b in zip(m, m[1:]))
 
-    def steps(self, warmup: int) -> list[tuple[float, bool]]:
-        """(seconds, armed) of each step after the warm-up."""
-        m = self.marks
-        return [(m[i + 1][0] - m[i][0], m[i][1]) for i in range(warmup, len(m) - 1)]
+    def finish(self) -> None:
+        self.turns._finishing = True
+        self.turns._go.set()
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"a benchmark Trainer failed: {type(self.error).__name__}: {self.error}") from self.error
 
 
-def precision_kwargs(precision: str, device: str) -> dict:
-    if precision == "16-mixed":
-        return {
-            "plugins": [MixedPrecision("16-mixed", device, scaler=torch.amp.GradScaler(device, init_scale=2.0**16))]
-        }
-    return {"precision": precision}
+class NoLedger(SkipLedgerProbe):
+    """The skip ledger with its per-step work taken out (the monitor without it, for the ledger's cost)."""
+
+    def attach(self, trainer, pl_module) -> None:
+        pass
+
+    def batch_start(self, trainer) -> None:
+        pass
+
+    def batch_facts(self, trainer) -> tuple[bool, bool]:
+        return False, False
+
+    def take_step(self, params):
+        return params, []
 
 
-def trial(
-    arm: str | None, precision: str, accelerator: str, steps: int, args, tmp: Path, alternate: bool = False
-) -> tuple[StepTimer, Armed | None]:
-    """One Trainer run: bare (arm None), armed every step, or armed every other step (alternate)."""
-    cuda = accelerator == "gpu"
-    loggers: list[Logger] = [NoOpLogger()]
-    armed = None
-    if arm == "monitor":
-        writer = RunWriter.create(tmp, {"precision": precision, "bench": True}, label=precision)
-        loggers = [RunRecordLogger(writer)]
-        armed = Armed(arm, LossScaleMonitor(), alternate)
-    elif arm == "wandb":
-        armed = Armed(
-            arm, AmpWandbCallback(enabled=precision != "32-true", precision=precision, log_every_n_steps=1), alternate
-        )
-    timer = StepTimer(armed, cuda)
-    pl.seed_everything(0, verbose=False)
+def config_for(workload: str, precision: str) -> RunConfig:
+    """The workload at its default size, as amp_core.train would run it."""
+    defaults = dict(WORKLOADS[workload].defaults)
+    return RunConfig(workload=workload, precision=precision, max_steps=100_000, wandb="disabled", **defaults).validate()
+
+
+def make_side(
+    config: RunConfig, tmp: Path, monitor: LossScaleMonitor | None, extra: list, loggers: list | None
+) -> Side:
+    """A Trainer of `config` with the monitor (and RunRecordLogger) or bare, plus `extra` callbacks."""
+    pl.seed_everything(config.seed, verbose=False)
+    built = WORKLOADS[config.workload].build(config)
+    writer = None
+    if loggers is None:
+        loggers = [MemoryLogger(keep=False)]
+        if monitor is not None:
+            writer = RunWriter.create(tmp, {"precision": config.precision, "bench": True}, label=config.precision)
+            loggers = [RunRecordLogger(writer)]
+    turns = Turns(STEPS_PER_TURN)
+    precision_kwargs, _ = build_precision(config, "cpu")
     trainer = pl.Trainer(
-        accelerator=accelerator,
+        accelerator="cpu",
         devices=1,
-        max_steps=steps,
+        max_steps=10**7,
         max_epochs=-1,
         logger=loggers,
-        callbacks=[c for c in (armed, timer) if c is not None],
-        log_every_n_steps=20 if cuda else 1,
+        callbacks=[turns, *([monitor] if monitor else []), *extra],
+        log_every_n_steps=1,  # amp_core.train's on CPU
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=False,
-        **precision_kwargs(precision, "cuda" if cuda else "cpu"),
+        **precision_kwargs,
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore")
-        trainer.fit(DemoMLP(hidden=args.hidden, depth=args.depth), synthetic_loader(args.batch_size, batches=64))
-    if arm == "monitor":  # a sanity check that the arm did its work, not a timing
-        with open(writer.path / "metrics.jsonl") as f:
-            recorded = sum(1 for _ in f)
-        expected = steps // 2 if alternate else steps  # alternate: armed on the odd-numbered steps
-        assert recorded == expected, f"the monitor recorded {recorded} of {expected} steps"
-    return timer, armed
+    side = Side(trainer, built.module, built.data, turns)
+    side.writer = writer
+    return side
 
 
-def bench(
-    precision: str, accelerator: str, steps: int, warmup: int, repeats: int, args, tmp: Path, arms: tuple[str, ...]
-) -> dict:
-    trial(None, precision, accelerator, warmup + 5, args, tmp)  # process-level warm-up
-    sides = ("bare", *arms)
-    trials: dict[str, list[float]] = {s: [] for s in sides}
-    paired: dict[str, dict[bool, list[float]]] = {a: {True: [], False: []} for a in arms}
-    hooks: dict[str, list[float]] = {a: [] for a in arms}
-    for r in range(repeats):
-        order = sides[r % len(sides) :] + sides[: r % len(sides)]  # rotate who goes first
-        for side in order:
-            timer, armed = trial(None if side == "bare" else side, precision, accelerator, steps, args, tmp)
-            trials[side] += [s for s, _ in timer.steps(warmup)]
-            if armed:
-                hooks[side].append(armed.hook_seconds_per_step(steps))
-        for arm in arms:
-            timer, _ = trial(arm, precision, accelerator, steps, args, tmp, alternate=True)
-            for seconds, on in timer.steps(warmup):
-                paired[arm][on].append(seconds)
-    bare = statistics.median(trials["bare"])
-    out = {}
-    for arm in arms:
-        with_arm = statistics.median(trials[arm])
-        p_on, p_off = statistics.median(paired[arm][True]), statistics.median(paired[arm][False])
-        hook = statistics.median(hooks[arm])
-        out[arm] = {
-            "bare_ms": bare * 1e3,
-            "with_ms": with_arm * 1e3,
-            "trials": with_arm / bare,
-            "paired_off_ms": p_off * 1e3,
-            "paired_on_ms": p_on * 1e3,
-            "paired": p_on / p_off,
-            "hooks_ms": hook * 1e3,
-            "hooks": 1 + hook / bare,
-        }
+def bare(config: RunConfig, tmp: Path) -> Side:
+    return make_side(config, tmp, None, [], None)
+
+
+def monitored(config: RunConfig, tmp: Path) -> Side:
+    """The monitor as amp_core.train adds it."""
+    return make_side(config, tmp, LossScaleMonitor(histogram_every=config.histogram_every or None), [], None)
+
+
+@dataclasses.dataclass
+class Measured:
+    ratio: float  # median of B/A over the pairs
+    a_step: float  # median step seconds of A's turns
+    b_step: float
+    pairs: int
+    steps_per_turn: int
+    cpu_ratio: float  # the same pairs, in process CPU time: what other processes' load leaves out
+
+
+def ab_ratio(make_a: Callable[[], Side], make_b: Callable[[], Side], seconds: float) -> Measured:
+    """The median B/A per-step ratio over interleaved pairs of turns for about `seconds`. A turn lasts
+    about TURN_SECONDS (at least 3 steps, its first one not counted): short turns put the same bursts of
+    load on both sides."""
+    a, b = make_a(), make_b()
+    try:
+        warm = [t for _ in range(WARMUP_TURNS) for t in (a.turn(), b.turn())]
+        step = statistics.median(warm[-2:])
+        steps = max(3, round(TURN_SECONDS / step))
+        a.turns.steps = b.turns.steps = steps
+        pairs = max(MIN_PAIRS, round(seconds / (2 * steps * step)))
+        r = interleaved_ratio(a.turn, b.turn, pairs)
+        cpu = statistics.median(y / x for x, y in zip(a.cpu[WARMUP_TURNS:], b.cpu[WARMUP_TURNS:]) if x > 0)
+    finally:
+        for side in (a, b):
+            side.finish()
+    for side in (a, b):  # a sanity check that the monitor did its work, not a timing
+        if getattr(side, "writer", None) is not None:
+            with open(side.writer.path / METRICS_FILE) as f:
+                lines = sum(1 for _ in f)
+            if lines != side.trainer.global_step:
+                raise RuntimeError(f"the monitor recorded {lines} of {side.trainer.global_step} steps")
+    return Measured(r.ratio, r.a_median, r.b_median, pairs, steps, cpu)
+
+
+def _how(a: str, b: str, m: Measured) -> str:
+    return (
+        f"{b} vs {a}: median of {m.pairs} interleaved pairs of {m.steps_per_turn}-step turns, one process "
+        f"({m.a_step * 1e3:.2f} vs {m.b_step * 1e3:.2f} ms/step, {torch.get_num_threads()} torch threads; "
+        f"in process CPU time {m.cpu_ratio:.3f}; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
+
+
+def monitor_figures(tmp: Path, seconds: float, workloads=WORKLOAD_NAMES, precisions=PRECISIONS) -> list[Figure]:
+    out = []
+    for workload in workloads:
+        for precision in precisions:
+            config = config_for(workload, precision)
+
+            m = ab_ratio(partial(bare, config, tmp), partial(monitored, config, tmp), seconds)
+            how = _how("bare Lightning", "LossScaleMonitor + RunRecordLogger", m)
+            out.append(figure("monitor", f"monitor per step, {workload} {precision}", m.ratio, "x", how, at_most=GOAL))
+            print(f"  {out[-1].name}: {m.ratio:.3f}", file=sys.stderr, flush=True)
+    return out
+
+
+def control_figure(tmp: Path, seconds: float) -> Figure:
+    """Bare Lightning against bare Lightning: what the method reads when B does nothing more than A
+    (its noise on this machine, now). The other figures are as good as this is close to 1."""
+    config = config_for("mlp", "32-true")
+    m = ab_ratio(partial(bare, config, tmp), partial(bare, config, tmp), seconds)
+    return figure("monitor", "control: bare vs bare, mlp 32-true", m.ratio, "x", _how("bare", "bare", m))
+
+
+def ledger_figure(tmp: Path, seconds: float) -> Figure:
+    config = config_for("mlp", "32-true")
+
+    def without():
+        monitor = LossScaleMonitor(histogram_every=config.histogram_every)
+        monitor._ledger = NoLedger()
+        return make_side(config, tmp, monitor, [], None)
+
+    m = ab_ratio(without, partial(monitored, config, tmp), seconds)
+    how = _how("the monitor without it", "the monitor with its skip ledger", m)
+    return figure("monitor", "skip ledger per step, mlp 32-true", m.ratio, "x", how)
+
+
+def wandb_callback_figure(tmp: Path, seconds: float) -> Figure:
+    name = "AmpWandbCallback per step (loss scale to offline W&B every step), mlp 16-mixed"
+    try:
+        import wandb
+
+        run = wandb.init(mode="offline", dir=str(tmp), project="amp-explorer-bench", name="monitor-overhead")
+    except Exception as e:
+        return not_measured("monitor", name, "x", f"W&B did not start: {type(e).__name__}: {e}")
+    config = config_for("mlp", "16-mixed")
+    try:
+
+        def with_callback():
+            callback = AmpWandbCallback(enabled=True, precision="16-mixed", log_every_n_steps=1)
+            return make_side(config, tmp, None, [callback], None)
+
+        m = ab_ratio(partial(bare, config, tmp), with_callback, seconds)
+    finally:
+        run.finish()
+    return figure("monitor", name, m.ratio, "x", _how("bare Lightning", "AmpWandbCallback", m))
+
+
+def wandb_logger_figure(tmp: Path, seconds: float) -> Figure:
+    name = "offline WandbLogger next to the monitor per step, mlp 32-true"
+    config = config_for("mlp", "32-true")
+    wandb_config = dataclasses.replace(config, wandb="offline")
+    made = []
+
+    def with_wandb():
+        writer = RunWriter.create(tmp, {"precision": config.precision, "bench": True}, label="wandb")
+        wandb_logger = make_wandb_logger(wandb_config, writer)
+        if wandb_logger is None:
+            raise RuntimeError("W&B did not start (see the bench run's status warnings)")
+        made.append(wandb_logger)
+        side = make_side(
+            config,
+            tmp,
+            LossScaleMonitor(histogram_every=config.histogram_every),
+            [],
+            [RunRecordLogger(writer), wandb_logger],
+        )
+        side.writer = writer
+        return side
+
+    try:
+        m = ab_ratio(partial(monitored, config, tmp), with_wandb, seconds)
+    except RuntimeError as e:
+        return not_measured("monitor", name, "x", str(e))
+    finally:
+        for logger in made:
+            logger.experiment.finish()
+    how = _how("the monitor + RunRecordLogger", "the same + an offline WandbLogger", m)
+    return figure("monitor", name, m.ratio, "x", how)
+
+
+def figures(quick: bool, tmp: Path) -> list[Figure]:
+    """Every figure of this benchmark (CPU). quick: fewer pairs of turns (about 3 minutes on 2 cores)."""
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    seconds = 8.0 if quick else 40.0  # of interleaved turns per figure, after warm-up
+    tmp = Path(tmp)
+    out: list[Figure] = []
+    parts = (
+        ("control: bare vs bare, mlp 32-true", lambda: [control_figure(tmp, seconds)]),
+        ("monitor per step", lambda: monitor_figures(tmp, seconds)),
+        ("skip ledger per step, mlp 32-true", lambda: [ledger_figure(tmp, seconds)]),
+        ("AmpWandbCallback per step", lambda: [wandb_callback_figure(tmp, seconds)]),
+        ("offline WandbLogger next to the monitor per step", lambda: [wandb_logger_figure(tmp, seconds)]),
+    )
+    for name, part in parts:
+        try:
+            out += part()
+        except Exception as e:  # one part failing still reports the others
+            out.append(not_measured("monitor", name, "x", f"{type(e).__name__}: {e}"))
     return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer steps and repeats (CI-sized)")
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="steps per trial (fp16 on CPU gets a third: it is emulated)")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--hidden", type=int, default=256, help="demo MLP width (amp_core.train's default)")
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quick", action="store_true", help="fewer pairs of turns (what bench/run.py --quick runs)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
-    p.add_argument("--precisions", default="16-mixed,bf16-mixed,32-true")
-    p.add_argument("--no-cuda", action="store_true")
-    p.add_argument("--no-wandb", action="store_true", help="leave out the AmpWandbCallback arm")
     args = p.parse_args()
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    repeats = args.repeats or (3 if args.quick else 7)
-    steps = args.steps or (60 if args.quick else 200)
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    arms: tuple[str, ...] = ("monitor",)
-    wandb_run = None
-    if not args.no_wandb:
-        try:
-            import wandb
-
-            wandb_run = wandb.init(
-                mode="offline",
-                dir=tempfile.mkdtemp(prefix="amp-bench-wandb-"),
-                project="amp-explorer-bench",
-                name="monitor-overhead",
-            )
-            arms = ("monitor", "wandb")
-        except Exception as e:  # no W&B: bench the monitor alone
-            print(f"(W&B arm left out: {type(e).__name__}: {e})", file=sys.stderr)
-
-    devices = ["cpu"] + (["gpu"] if torch.cuda.is_available() and not args.no_cuda else [])
-    rows = []
     started = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory(prefix="amp-bench-runs-") as tmp:
-            for accelerator in devices:
-                for precision in args.precisions.split(","):
-                    n = max(args.warmup + 15, steps // 3) if precision == "16-mixed" and accelerator == "cpu" else steps
-                    for arm, r in bench(precision, accelerator, n, args.warmup, repeats, args, Path(tmp), arms).items():
-                        rows.append((accelerator, precision, arm, r))
-                    print(
-                        f"  done {accelerator} {precision}: {n} steps x {repeats} repeats", file=sys.stderr, flush=True
-                    )
-    finally:
-        if wandb_run is not None:
-            wandb_run.finish()
-
-    print()
-    print(
-        f"torch {torch.__version__}, Lightning {pl.__version__}, {torch.get_num_threads()} threads, "
-        f"DemoMLP hidden={args.hidden} depth={args.depth} batch={args.batch_size}, {repeats} repeats, warm-up {args.warmup} steps"
-    )
-    header = (
-        f"{'device':<6} {'precision':<11} {'arm':<8} {'bare ms/step':>12} {'armed ms/step':>13} {'ratio':>7}"
-        f" | {'paired ms':>15} {'ratio':>7} | {'hooks ms':>8} {'ratio':>7} | goal <= {GOAL}"
-    )
-    print(header)
-    print("-" * len(header))
-    for accelerator, precision, arm, r in rows:
-        verdict = "ok" if r["paired"] <= GOAL and r["hooks"] <= GOAL else "over"
-        print(
-            f"{accelerator:<6} {precision:<11} {arm:<8} {r['bare_ms']:>12.3f} {r['with_ms']:>13.3f} {r['trials']:>7.3f}"
-            f" | {r['paired_off_ms']:>7.3f}>{r['paired_on_ms']:<7.3f} {r['paired']:>7.3f} | {r['hooks_ms']:>8.4f} {r['hooks']:>7.3f} | {verdict}"
-        )
-    print(
-        "ratio columns: trials (separate runs, interleaved), paired (arm on every other step of one run), hooks (time inside the arm)"
-    )
+    with tempfile.TemporaryDirectory(prefix="amp-bench-monitor-") as tmp:
+        found = figures(args.quick, Path(tmp))
+    print(f"\ntorch {torch.__version__}, Lightning {pl.__version__}, {torch.get_num_threads()} threads")
+    for f in found:
+        value = "-" if f.value is None else f"{f.value:.3f}"
+        verdict = "" if f.met is None else ("met" if f.met else "NOT met")
+        print(f"{f.name:<78} {value:>7} {f.unit}  {f.goal or '':<8} {verdict}\n    {f.how}")
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -7,11 +7,13 @@ module that records what the callback sends (plus one run against the real W&B i
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 import types
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,13 +22,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.plugins import MixedPrecision
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from amp_core.training.callbacks import FP16_PRECISIONS, AmpWandbCallback, LossScaleMonitor, get_loss_scale, get_scaler
 from amp_core.training.model import DemoMLP, synthetic_loader
 from tests.support.cuda import sync_checked
+from tests.support.loggers import MemoryLogger
 
 HUGE_SCALE = 2.0**40  # the first ~20 fp16 steps overflow at this scale
 GROWTH_INTERVAL = 5
@@ -36,31 +38,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 # ---------------------------------------------------------------- helpers
-
-
-class CaptureLogger(Logger):
-    """A real Lightning logger that keeps every log_metrics call in memory."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple[int | None, dict]] = []
-
-    @property
-    def name(self) -> str:
-        return "capture"
-
-    @property
-    def version(self) -> str:
-        return "0"
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self.calls.append((step, dict(metrics)))
-
-    def monitor_records(self) -> list[tuple[int, dict]]:
-        return [(step, m) for step, m in self.calls if "amp/loss" in m]
 
 
 class IndependentGradNorm(Callback):
@@ -108,7 +85,7 @@ def fit(
 ):
     """One short real training run; returns (trainer, logger, monitor)."""
     pl.seed_everything(seed, verbose=False)
-    logger = CaptureLogger() if logger is None else logger
+    logger = MemoryLogger() if logger is None else logger
     monitor = LossScaleMonitor() if monitor is None else monitor
     device = "cuda" if accelerator == "gpu" else "cpu"
     kwargs = {**precision_kwargs(precision, device, init_scale, growth_interval), **trainer_kwargs}
@@ -328,7 +305,7 @@ def test_real_wandb_offline_run(tmp_path, monkeypatch):
     try:
         wandb_logger = WandbLogger(offline=True, save_dir=str(save_dir), project="amp-explorer-tests")
         cb = AmpWandbCallback(enabled=True, precision="16-mixed", log_every_n_steps=2)
-        trainer, _, _ = fit("16-mixed", steps=8, callbacks=[cb], logger=[wandb_logger, CaptureLogger()], batches=4)
+        trainer, _, _ = fit("16-mixed", steps=8, callbacks=[cb], logger=[wandb_logger, MemoryLogger()], batches=4)
         assert trainer.state.finished and trainer.global_step == 8
         assert wandb.run is not None
     finally:
@@ -506,10 +483,88 @@ def test_monitor_keeps_what_it_measured_when_training_fails():
             if trainer.global_step == 5:
                 raise RuntimeError("boom")
 
-    logger = CaptureLogger()
+    logger = MemoryLogger()
     with pytest.raises(RuntimeError, match="boom"):
         fit("32-true", steps=20, callbacks=[Boom()], logger=logger, monitor=LossScaleMonitor(flush_every=100))
     assert [s for s, _ in logger.monitor_records()] == list(range(5))
+
+
+# ---------------------------------------------------------------- the record's write cadence
+
+# A training process that writes its record through the monitor and RunRecordLogger, with a writer
+# whose clock reads the step (one step = one unit, a write falls due every WINDOW steps), and that
+# SIGKILLs itself at the start of step KILL_AT: nothing of Python's shutdown runs.
+KILLED_CHILD = """
+import os, signal, sys
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from amp_core.record import RunWriter
+from amp_core.training.callbacks import LossScaleMonitor
+from amp_core.training.model import DemoMLP, synthetic_loader
+from amp_core.training.record_logger import RunRecordLogger
+
+runs, window, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+state = {"step": 0}
+
+class StepClockAndKill(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        state["step"] = trainer.global_step
+        if trainer.global_step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+writer = RunWriter(RunWriter.create(runs, {"precision": "32-true"}).path, flush_seconds=window, clock=lambda: state["step"])
+writer.set_status("running", pid=os.getpid())
+monitor = LossScaleMonitor(flush_every=1)  # every step to the logger; the writer's window decides the writes
+monitor.PUBLISH_SECONDS = float("inf")  # and no saves on the monitor's own (wall-clock) cadence
+pl.seed_everything(0, verbose=False)
+trainer = pl.Trainer(accelerator="cpu", max_steps=1000, logger=RunRecordLogger(writer), callbacks=[StepClockAndKill(), monitor],
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+trainer.fit(DemoMLP(hidden=32, depth=2), synthetic_loader(16, batches=200))
+"""
+
+
+def test_a_sigkill_loses_at_most_the_rows_of_one_window(tmp_path):
+    import subprocess
+
+    from amp_core.record import list_runs, load_run
+
+    window, kill_at = 5, 23
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_CHILD, str(tmp_path), str(window), str(kill_at)],
+        cwd=str(Path(__file__).resolve().parents[1]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -9, done.stderr[-2000:]
+    (path,) = [r.path for r in list_runs(tmp_path)]
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]  # every line on disk parses
+    # writes fell due at steps 0, 5, 10, 15, 20: steps 21 and 22 were queued when the kill came
+    assert steps == list(range(21))
+    assert 0 < kill_at - len(steps) < window  # lost: less than one window of steps
+    r = load_run(path)
+    assert len(r.metrics) == 21 and r.status["state"] == "running"  # the reader sees the record as it was left
+
+
+def test_rows_queued_when_a_run_ends_are_all_written(tmp_path):
+    from amp_core.record import RunWriter, load_run
+    from amp_core.training.record_logger import RunRecordLogger
+
+    never = RunWriter(RunWriter.create(tmp_path, {"precision": "16-mixed"}).path, flush_seconds=math.inf)
+    monitor = LossScaleMonitor()
+    monitor.PUBLISH_SECONDS = math.inf  # after step 0, the monitor keeps every row until the run ends
+    seen = {}
+
+    class LookAtTheFile(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 10:
+                seen["at step 10"] = (never.path / "metrics.jsonl").read_text().count("\n")
+
+    # 40 batches: no epoch end within the 17 steps, so only the run's end publishes and writes the rest
+    fit("16-mixed", steps=17, logger=RunRecordLogger(never), monitor=monitor, callbacks=[LookAtTheFile()], batches=40)
+    assert seen["at step 10"] == 1  # only step 0 had been written: the rest was held
+    assert [int(s) for s in load_run(never.path).metrics.step] == list(range(17))
 
 
 # ---------------------------------------------------------------- CUDA only

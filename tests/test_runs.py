@@ -131,6 +131,60 @@ def test_append_metrics_writes_whole_lines_and_nonfinite_is_not_json(tmp_path):
     assert finite_or_none(None) is None and finite_or_none(3) == 3.0
 
 
+class StepClock:
+    """A clock a test moves by hand: the writer's cadence is decided by its readings alone."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def lines_on_disk(w: RunWriter) -> list[int]:
+    return [json.loads(line)["step"] for line in (w.path / METRICS_FILE).read_text().splitlines()]
+
+
+def test_queued_rows_are_written_once_per_window(tmp_path):
+    clock = StepClock()
+    w = RunWriter(RunWriter.create(tmp_path, {}).path, flush_seconds=5, clock=clock)
+    assert w.queue_metrics(row(0)) is True  # the first row at once: a live view draws it without waiting
+    for step in range(1, 5):
+        clock.now = step
+        assert w.queue_metrics(row(step)) is False
+    assert lines_on_disk(w) == [0]  # rows 1-4 arrived within the window of the write at 0
+    clock.now = 5
+    assert w.queue_metrics(row(5)) is True
+    assert lines_on_disk(w) == [0, 1, 2, 3, 4, 5]
+    clock.now = 100  # slower than the window: each row is written as it comes
+    assert w.queue_metrics(row(6)) is True and lines_on_disk(w)[-1] == 6
+    w.close()
+
+
+def test_queued_rows_are_written_before_a_status_an_append_and_at_close(tmp_path):
+    w = RunWriter(RunWriter.create(tmp_path, {}).path, flush_seconds=5, clock=StepClock())
+    w.queue_metrics(row(0))
+    w.queue_metrics(row(1))
+    w.set_status("completed")  # a reader that sees the final state sees every row
+    assert lines_on_disk(w) == [0, 1]
+    w.queue_metrics(row(2))
+    w.append_metrics([row(3)])  # in order
+    assert lines_on_disk(w) == [0, 1, 2, 3]
+    w.queue_metrics(row(4))
+    w.close()
+    assert lines_on_disk(w) == [0, 1, 2, 3, 4]
+
+
+def test_a_bad_queued_row_fails_at_its_caller_and_spoils_nothing(tmp_path):
+    w = RunWriter(RunWriter.create(tmp_path, {}).path, flush_seconds=5, clock=StepClock())
+    w.queue_metrics(row(0))
+    w.queue_metrics(row(1))
+    with pytest.raises(ValueError):  # encoded when queued: the error points at the row, not at a later write
+        w.queue_metrics({"step": 2, "loss": float("nan")})
+    w.close()
+    assert lines_on_disk(w) == [0, 1]
+
+
 def test_create_refuses_an_unusable_runs_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -1,11 +1,23 @@
-"""RunWriter: creates a run folder and writes its record (the training process and the queue use it)."""
+"""RunWriter: creates a run folder and writes its record (the training process and the queue use it).
+
+Per-step rows go through `queue_metrics`: each is encoded to a JSON line at once (a bad value fails
+at its caller) and the lines are written and flushed together once `flush_seconds` (0.05 s) have
+passed since the last write, so a fast run costs one write per ~50 ms instead of one per step, and a
+live view is at most ~0.1 s behind. `flush()`, `append_metrics`, `set_status` and `close` write what
+is queued first: a status never claims more steps than metrics.jsonl holds. What is on disk is
+always whole lines; a SIGKILL loses only the queued lines, which all arrived within one
+`flush_seconds` window (see `queue_metrics`).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,12 +39,18 @@ from amp_core.record.files import (
 class RunWriter:
     """Creates a run folder and writes its record. Used by the training process (and the queue)."""
 
-    def __init__(self, path: Path):
+    FLUSH_SECONDS = 0.05
+
+    def __init__(self, path: Path, flush_seconds: float = FLUSH_SECONDS, clock: Callable[[], float] = time.monotonic):
         self.path = Path(path)
         self.id = self.path.name
+        self.flush_seconds = flush_seconds
+        self._clock = clock  # a test may pass its own, to know when a write falls due
         self._metrics = None
         self._histograms = None
         self._status: dict[str, Any] = {}
+        self._queued: list[str] = []  # encoded lines not yet written
+        self._written_at = -math.inf  # the first row is written at once: a live view draws it without waiting
 
     @classmethod
     def create(cls, runs_dir: str | os.PathLike, config: dict, label: str = "run") -> RunWriter:
@@ -68,6 +86,7 @@ class RunWriter:
         return writer
 
     def set_status(self, state: str, **fields: Any) -> dict:
+        self.flush()  # the metrics first: a reader that sees 'completed' sees every row
         self._status.update(fields, state=state, updated_at=now_iso())
         write_json_atomic(self.path / STATUS_FILE, self._status)
         return dict(self._status)
@@ -83,15 +102,41 @@ class RunWriter:
         config.update(fields)
         write_json_atomic(self.path / CONFIG_FILE, config)
 
+    def queue_metrics(self, row: dict) -> bool:
+        """Queue one metrics row; write the queue once `flush_seconds` have passed since the last write.
+
+        Returns whether it wrote. The queue is written at the first row that arrives `flush_seconds`
+        or more after the previous write, so the rows still queued at any moment all arrived within
+        one such window: that is the most a SIGKILL can take (with steps slower than the window,
+        every row is written as it comes).
+        """
+        self._queued.append(_line(row))
+        if self._clock() - self._written_at < self.flush_seconds:
+            return False
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Write and flush the queued rows now."""
+        if self._queued:
+            lines, self._queued = self._queued, []
+            self._write_lines(lines)
+
     def append_metrics(self, rows: list[dict]) -> None:
-        if not rows:
-            return
+        """Write these rows now (after any queued ones)."""
+        lines = [_line(r) for r in rows]
+        self.flush()
+        if lines:
+            self._write_lines(lines)
+
+    def _write_lines(self, lines: list[str]) -> None:
         if self._metrics is None:
             self._metrics = open(self.path / METRICS_FILE, "a", encoding="utf-8")
         # One write of whole lines, then flush: a reader never sees half of a line we wrote
         # unless the process dies inside write(), and readers skip a partial last line anyway.
-        self._metrics.write("".join(json.dumps(r, allow_nan=False, default=json_number) + "\n" for r in rows))
+        self._metrics.write("".join(lines))
         self._metrics.flush()
+        self._written_at = self._clock()
 
     def append_histogram(self, row: dict) -> None:
         if self._histograms is None:
@@ -100,8 +145,13 @@ class RunWriter:
         self._histograms.flush()
 
     def close(self) -> None:
+        self.flush()
         for name in ("_metrics", "_histograms"):
             f = getattr(self, name)
             if f is not None:
                 f.close()
                 setattr(self, name, None)
+
+
+def _line(row: dict) -> str:
+    return json.dumps(row, allow_nan=False, default=json_number) + "\n"

@@ -13,6 +13,8 @@ event says when the copy has landed, and only then are the values published.
 from __future__ import annotations
 
 import importlib
+import math
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -141,8 +143,9 @@ class LossScaleMonitor(Callback):
     `log_skipped_step(step, row)` method): whether the gradients held inf or NaN, the parameter that
     first held one in backward order (the first to receive its gradient: where the overflow began,
     as inf spreads from there to every earlier layer), the scale before and after, and whether an LR
-    scheduler stepped although the optimizer did not. The flags and the parameter's index are
-    computed on the device and travel in the same batched copy as the other values.
+    scheduler stepped although the optimizer did not. It costs no device work per step: the
+    per-parameter gradient norms (needed for `amp/grad_norm` anyway) travel in the same batched copy
+    as the other values, and only a skipped step's are looked at, on the host.
 
     Every `histogram_every` steps it also counts the unscaled gradient values in log2 bins (on the
     device, like everything else) and hands the histogram to loggers that have a
@@ -152,8 +155,11 @@ class LossScaleMonitor(Callback):
     fused optimizers, which unscale inside `step()` and leave the scaler's per-optimizer state empty.
 
     Args:
-        flush_every: steps kept on the device before one batched copy to the host. None: every
-            step on CPU (a copy is free there), 20 on CUDA.
+        flush_every: steps kept before one batched copy to the host and publication. None: on CPU,
+            every `PUBLISH_SECONDS` (0.05 s: per-step publishing costs more than the copy), on
+            CUDA every 20 steps. What was published is then saved (`Logger.save()`, at most every
+            0.05 s), so `RunRecordLogger` writes it. Whatever is kept is also published and saved
+            when training pauses (validation, an epoch's end), ends or fails.
         histogram_every: steps between gradient histograms; None for none.
     """
 
@@ -161,6 +167,8 @@ class LossScaleMonitor(Callback):
     # Bin k of a histogram counts |g| in [2**(LOG2_LO + k), 2**(LOG2_LO + k + 1)); the first bin also
     # takes everything smaller, zeros included (they are counted apart as well).
     LOG2_LO, LOG2_HI = -64, 32
+    VALUES = 7  # per step: loss, scale, skipped, grad norm, grad max, growth tracker, scale after
+    PUBLISH_SECONDS = 0.05  # on CPU, steps are published (and saved) in batches this far apart
 
     def __init__(self, flush_every: int | None = None, histogram_every: int | None = None):
         for name, value in (("flush_every", flush_every), ("histogram_every", histogram_every)):
@@ -173,7 +181,8 @@ class LossScaleMonitor(Callback):
         self._pending: dict[str, Any] | None = None  # the step between on_before_optimizer_step and update()
         self._steps: list[int] = []
         self._scheduler_moves: list[tuple[bool, bool]] = []  # host facts per step: (scheduler moved, optimizer stepped)
-        self._rows: list[torch.Tensor] = []
+        self._rows: list[torch.Tensor] = []  # per step: its values, then its per-parameter gradient norms
+        self._ledger_steps: list[Any] = []  # per step: what the ledger needs to explain a skip (host side)
         self._hists: list[tuple[int, torch.Tensor]] = []
         self._in_flight: list[tuple[list[int], torch.Tensor, list[int], torch.Tensor | None, Any]] = []
         self._has_scaler = False
@@ -193,9 +202,13 @@ class LossScaleMonitor(Callback):
                 "LossScaleMonitor follows automatic optimization; with manual optimization it records nothing."
             )
         self._has_scaler = get_scaler(trainer) is not None
-        self._cuda = trainer.strategy.root_device.type == "cuda"
-        if self.flush_every is None:
-            self.flush_every = 20 if self._cuda else 1
+        self._device = trainer.strategy.root_device
+        self._cuda = self._device.type == "cuda"
+        # made once: per step, every small tensor made on the CPU costs a few microseconds of dispatch
+        self._zero = torch.zeros((), device=self._device)
+        self._nan = torch.full((), float("nan"), device=self._device)
+        self._every = self.flush_every or (20 if self._cuda else None)  # None: by time (CPU)
+        self._flushed_at = self._saved_at = -math.inf  # the first step is published at once
         self._ledger.attach(trainer, pl_module)
 
     def on_train_batch_start(
@@ -207,8 +220,8 @@ class LossScaleMonitor(Callback):
         """[zeros, nonfinite, counts...] of |g| / scale in log2 bins, without leaving the device."""
         bins = self.LOG2_HI - self.LOG2_LO
         out = torch.zeros(bins + 2, device=grads[0].device)
-        for g in grads:
-            a = g.detach().abs().float().flatten()
+        for a in self._flat_chunks(grads):
+            a = a.abs().float()
             out[0] += (a == 0).sum()
             out[1] += (~torch.isfinite(a)).sum()
             # log2(0) = -inf is clamped into the first bin; inf and NaN fall outside histc's range.
@@ -216,31 +229,33 @@ class LossScaleMonitor(Callback):
             out[2:] += torch.histc(x, bins=bins, min=self.LOG2_LO, max=self.LOG2_HI)
         return out
 
+    @staticmethod
+    def _flat_chunks(grads: list[torch.Tensor], limit: int = 1 << 22) -> list[torch.Tensor]:
+        """The gradients as few flat tensors of at most `limit` elements each (a larger one stays alone):
+        one set of reductions per chunk instead of per parameter, without copying a large model at once."""
+        chunks, group, size = [], [], 0
+        for g in grads:
+            if group and size + g.numel() > limit:
+                chunks.append(torch.cat(group) if len(group) > 1 else group[0])
+                group, size = [], 0
+            group.append(g.detach().reshape(-1))
+            size += g.numel()
+        if group:
+            chunks.append(torch.cat(group) if len(group) > 1 else group[0])
+        return chunks
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         scaler = get_scaler(trainer)
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        device = trainer.strategy.root_device
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
         if grads:
-            norms = torch.stack(torch._foreach_norm(grads)).float()
-            norm = torch.linalg.vector_norm(norms)
-            if grads[0].is_cuda:  # one fused kernel
-                maxabs = torch.stack(torch._foreach_norm(grads, float("inf"))).float()
-            else:  # the inf-norm is a slow reduction on CPU (~1 ms for the demo MLP); min and max are not
-                extremes = [
-                    torch.stack(torch.aminmax(g)).float() if g.numel() else torch.zeros(2, device=device) for g in grads
-                ]
-                maxabs = torch.stack(extremes).abs().amax(dim=1)
-            gmax = maxabs.max()
-            ledger = self._ledger.flags(optimizer, norms, maxabs)
+            norms, norm, gmax = self._grad_stats(grads)
         else:
-            norm = gmax = torch.zeros((), device=device)
-            ledger = torch.cat(
-                [torch.zeros(2, device=device), torch.full((1,), -1.0, device=device)]
-            )  # no inf, no NaN, no parameter
+            norms, norm, gmax = torch.zeros(0, device=self._device), self._zero, self._zero
         scale = None
-        unscale = torch.ones((), device=device)
+        unscale = None
         if scaler is not None and getattr(scaler, "_scale", None) is not None:
             scale = scaler._scale.detach().clone()
             state = scaler._per_optimizer_states.get(id(optimizer), {})
@@ -248,14 +263,32 @@ class LossScaleMonitor(Callback):
                 unscale = scale  # a fused optimizer unscales inside step(): these gradients are still scaled
         step = trainer.global_step
         if self.histogram_every and grads and step % self.histogram_every == 0:
-            self._hists.append((step, self._histogram(grads, torch.log2(unscale))))
+            log2_unscale = torch.log2(unscale) if unscale is not None else self._zero
+            self._hists.append((step, self._histogram(grads, log2_unscale)))
+        if unscale is not None:
+            norm, gmax = norm / unscale, gmax / unscale
         self._pending = {
             "step": step,
             "scale": scale,
-            "norm": (norm / unscale).detach(),
-            "max": (gmax / unscale).detach(),
-            "ledger": ledger,
+            "norm": norm.detach(),
+            "max": gmax.detach(),
+            "norms": norms.detach(),
+            "ledger": self._ledger.take_step(params),
         }
+
+    @staticmethod
+    def _grad_stats(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-parameter L2 norms, their global norm and the largest |g|, all float32, in as few device
+        calls as the platform allows. Norms of fp16 and bf16 gradients are taken in float32, so a
+        large fp16 gradient does not read as an overflow."""
+        wide = any(g.dtype == torch.float64 for g in grads)  # float64 cannot be narrowed inside the norm
+        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=None if wide else torch.float32)).float()
+        if grads[0].is_cuda:  # one fused kernel
+            gmax = torch.stack(torch._foreach_norm(grads, float("inf"))).max().float()
+        else:  # the inf-norm is a slow reduction on CPU (~1 ms for the demo MLP); min and max are not
+            extremes = [x for g in grads if g.numel() for x in torch.aminmax(g)]
+            gmax = torch.stack(extremes).abs().max().float() if extremes else torch.zeros((), device=grads[0].device)
+        return norms, torch.linalg.vector_norm(norms), gmax
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -264,43 +297,53 @@ class LossScaleMonitor(Callback):
         if pending is None:  # gradient accumulation: no optimizer step on this batch
             self._publish_landed(trainer, wait=False)
             return
-        device = pending["norm"].device
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        loss = (
-            loss.detach().float().reshape(())
-            if isinstance(loss, torch.Tensor)
-            else torch.full((), float("nan"), device=device)
-        )
+        loss = loss.detach().float().reshape(()).to(self._device) if isinstance(loss, torch.Tensor) else self._nan
         scaler = get_scaler(trainer)
-        nan = torch.full((), float("nan"), device=device)
+        nan = self._nan
         if pending["scale"] is not None:
             skipped = (scaler._scale < pending["scale"]).float()
             tracker = scaler._growth_tracker.float() if scaler._growth_tracker is not None else nan
             scale, scale_after = pending["scale"], scaler._scale.float().reshape(())
         else:
-            scale, skipped, tracker, scale_after = nan, torch.zeros((), device=device), nan, nan
+            scale, skipped, tracker, scale_after = nan, self._zero, nan, nan
         self._steps.append(pending["step"])
         self._scheduler_moves.append(self._ledger.batch_facts(trainer))
-        values = [loss.to(device), scale, skipped, pending["norm"], pending["max"], tracker, scale_after]
-        self._rows.append(torch.cat([torch.stack(values), pending["ledger"].to(device)]))
-        if len(self._rows) >= self.flush_every:
+        self._ledger_steps.append(pending["ledger"])
+        self._rows.append(torch.stack([loss, scale, skipped, pending["norm"], pending["max"], tracker, scale_after]))
+        self._rows.append(pending["norms"])
+        now = time.monotonic()
+        due = len(self._steps) >= self._every if self._every else now - self._flushed_at >= self.PUBLISH_SECONDS
+        if due:
             self._flush()
-        self._publish_landed(trainer, wait=False)
+            self._flushed_at = now
+        if self._publish_landed(trainer, wait=False) and (
+            not self._every or now - self._saved_at >= self.PUBLISH_SECONDS
+        ):
+            self._save_loggers(trainer)
+            self._saved_at = now
+
+    def _save_loggers(self, trainer: pl.Trainer) -> None:
+        """Lightning's `Logger.save()`: a logger that buffers (RunRecordLogger's writer) writes now."""
+        for logger in trainer.loggers:
+            logger.save()
 
     def _flush(self) -> None:
         if not self._rows:
             return
-        block = torch.stack(self._rows)
+        block = torch.cat(self._rows)  # one flat block: a step's values, then its norms (their count varies)
         hist_steps = [s for s, _ in self._hists]
         hists = torch.stack([h for _, h in self._hists]) if self._hists else None
+        widths = [len(n) for n in self._rows[1::2]]
         steps, self._steps, self._rows, self._hists = self._steps, [], [], []
         moves, self._scheduler_moves = self._scheduler_moves, []
+        ledger, self._ledger_steps = self._ledger_steps, []
         event = None
         if self._cuda:
             block, hists = (self._to_pinned(t) for t in (block, hists))
             event = torch.cuda.Event()
             event.record()
-        self._in_flight.append((list(zip(steps, moves)), block, hist_steps, hists, event))
+        self._in_flight.append((list(zip(steps, moves, ledger, widths)), block, hist_steps, hists, event))
 
     @staticmethod
     def _to_pinned(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -310,17 +353,22 @@ class LossScaleMonitor(Callback):
         host.copy_(t, non_blocking=True)
         return host
 
-    def _publish_landed(self, trainer: pl.Trainer, wait: bool) -> None:
+    def _publish_landed(self, trainer: pl.Trainer, wait: bool) -> int:
+        """Hands every landed block to the loggers; returns how many steps it published."""
+        published = 0
         while self._in_flight:
             steps, block, hist_steps, hists, event = self._in_flight[0]
             if event is not None:
                 if wait:
                     event.synchronize()
                 elif not event.query():
-                    return
+                    break
             self._in_flight.pop(0)
-            for (step, moves), values in zip(steps, block.tolist()):
-                loss, scale, skipped, norm, gmax, tracker, scale_after, *flags = values
+            published += len(steps)
+            flat, at = block.tolist(), 0
+            for step, moves, ledger, width in steps:
+                loss, scale, skipped, norm, gmax, tracker, scale_after = flat[at : at + self.VALUES]
+                norms, at = flat[at + self.VALUES : at + self.VALUES + width], at + self.VALUES + width
                 metrics = {"amp/loss": loss, "amp/skipped": skipped, "amp/grad_norm": norm, "amp/grad_max": gmax}
                 if self._has_scaler:
                     metrics["amp/loss_scale"] = scale
@@ -328,7 +376,7 @@ class LossScaleMonitor(Callback):
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=step)
                 if skipped:
-                    row = self._ledger.row(scale, scale_after, flags, moves)
+                    row = self._ledger.row(scale, scale_after, norms, ledger, moves)
                     for logger in trainer.loggers:
                         if hasattr(logger, "log_skipped_step"):
                             logger.log_skipped_step(step, row)
@@ -336,6 +384,20 @@ class LossScaleMonitor(Callback):
                 for logger in trainer.loggers:
                     if hasattr(logger, "log_grad_histogram"):
                         logger.log_grad_histogram(step, self.LOG2_LO, [int(c) for c in h[2:]], int(h[0]), int(h[1]))
+        return published
+
+    def _publish_and_save(self, trainer: pl.Trainer) -> None:
+        """Training pauses (validation, an epoch's end): what was measured goes to the loggers and, through
+        Lightning's `Logger.save()`, to disk, so a live view is not left behind while it waits."""
+        self._flush()
+        self._publish_landed(trainer, wait=False)
+        self._save_loggers(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish_and_save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish_and_save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush()

@@ -44,7 +44,8 @@ _FINAL_STATES = {"success": "completed", "finished": "stopped", "failed": "faile
 
 
 class RunRecordLogger(Logger):
-    """Appends one metrics.jsonl line per optimizer step the monitor publishes; other metrics pass by."""
+    """One metrics.jsonl line per optimizer step the monitor publishes (written by the RunWriter every
+    ~50 ms, see `RunWriter.queue_metrics`); other metrics pass by."""
 
     def __init__(self, save_dir: str | os.PathLike | RunWriter | None = None, name: str | None = None):
         super().__init__()
@@ -128,7 +129,18 @@ class RunRecordLogger(Logger):
         if row["growth_tracker"] is not None:
             row["growth_tracker"] = int(row["growth_tracker"])
         row["time"] = round(time.time(), 4)
-        self.writer.append_metrics([row])
+        if self.writer.queue_metrics(row):  # written now (every ~50 ms): time to look for a stop request too
+            self._check_stop()
+
+    @rank_zero_only
+    def save(self) -> None:
+        """Lightning's "persist now" (called after its own logging and by the monitor when training pauses):
+        writes the queued rows."""
+        if self._writer is not None:
+            self._writer.flush()
+            self._check_stop()
+
+    def _check_stop(self) -> None:
         if self._owns_record and self._trainer is not None and stop_requested(self.writer.path):
             self._trainer.should_stop = True  # the app's Stop (amp_core.train has its own callback)
 
@@ -144,6 +156,7 @@ class RunRecordLogger(Logger):
         """One line of skips.jsonl: why the GradScaler skipped this step (the monitor's skip ledger).
         Skipped steps are rare, so the file is opened per line; a reader never sees half a line."""
         line = json.dumps({"step": int(step), **row}, allow_nan=False) + "\n"
+        self.writer.flush()  # the step's metrics line first, so a reader never has a skip without its step
         with open(self.writer.path / SKIPS_FILE, "a", encoding="utf-8") as f:
             f.write(line)
 

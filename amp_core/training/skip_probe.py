@@ -1,15 +1,18 @@
-"""The device side of the skip ledger: why the GradScaler skipped a step, measured without a host sync.
+"""The skip ledger's probe: why the GradScaler skipped a step, with no device work and no host sync per step.
 
-`LossScaleMonitor` calls `flags()` in `on_before_optimizer_step` with the per-parameter L2 norms and
-largest |g| it computes anyway. The answer (inf seen, NaN seen, index of the first parameter that
-held one) is a 3-vector on the device that travels in the monitor's batched copy; `row()` turns it
-into a ledger row on the host once that copy has landed.
+`LossScaleMonitor` computes each gradient's L2 norm every step anyway (for `amp/grad_norm`); those
+per-parameter norms travel in its batched copy to the host. Per step the probe only notes, on the
+host, which parameters had a gradient (`take_step`) and in which order they received it; only for a
+step the scaler skipped does `row()` look at the norms: a NaN in a gradient makes its norm NaN, an
+inf (and no NaN) makes it inf, so the first parameter with a non-finite norm is where it began. A
+finite gradient whose norm overflows float32 (norms are taken in float32, so fp16 gradients do not
+overflow early) would be read as inf; only skipped steps are looked at, where something really
+was non-finite.
 
 "First" means backward order: the order in which parameters received their gradient in this step,
 recorded by post-accumulate-grad hooks (host-side Python, no sync). An inf born in layer L flows into
 every layer before it, so the first parameter to hold one is where it began; in the optimizer's
-order it would nearly always be the input layer. A NaN in a gradient makes its L2 norm NaN; an inf
-(and no NaN) makes its largest |g| inf. A finite gradient whose norm overflows float32 is not flagged.
+order it would nearly always be the input layer.
 
 The LR-scheduler check is host-side too: a scheduler "moved" when its `last_epoch` (its step count)
 or its last learning rates changed during the batch; the optimizer "stepped" when its `step()` ran
@@ -19,9 +22,8 @@ optimizer is always called and skips inside its kernel, so the skip itself comes
 
 from __future__ import annotations
 
+import math
 from typing import Any
-
-import torch
 
 from amp_core.record import finite_or_none
 
@@ -36,7 +38,6 @@ class SkipLedgerProbe:
         self._index_of: dict[int, int] = {}
         self._grad_order: list[int] = []
         self._hooks: list[Any] = []
-        self._order_cache: tuple | None = None
         self._schedulers_before: list[tuple] = []
         self._optimizer_steps = 0
         self._steps_at_batch_start = 0
@@ -49,6 +50,7 @@ class SkipLedgerProbe:
         self._index_of = {id(p): i for i, p in enumerate(params)}
         for i, p in enumerate(params):
             if p.requires_grad:
+                # self._grad_order is looked up per call: take_step() swaps in a fresh list
                 self._hooks.append(p.register_post_accumulate_grad_hook(lambda _p, i=i: self._grad_order.append(i)))
         for opt in trainer.optimizers:
             self._hooks.append(opt.register_step_post_hook(self._count_step))
@@ -83,55 +85,41 @@ class SkipLedgerProbe:
             trainer
         ) != self._schedulers_before, self._optimizer_steps > self._steps_at_batch_start
 
-    def _order_tensors(
-        self, order: tuple[int, ...], param_index: list[int], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (order, tuple(param_index), str(device))
-        if self._order_cache is None or self._order_cache[0] != key:
-            host = (
-                torch.tensor(order, dtype=torch.long),
-                torch.tensor([param_index[k] for k in order], dtype=torch.long),
-            )
-            if device.type == "cuda":  # pinned and non-blocking: no sync; the host copies stay alive in the cache
-                host = tuple(t.pin_memory() for t in host)
-                on_device = tuple(t.to(device, non_blocking=True) for t in host)
-            else:
-                on_device = host
-            self._order_cache = (key, host, on_device)
-        return self._order_cache[2]
-
-    def flags(self, optimizer: Any, norms: torch.Tensor, maxabs: torch.Tensor) -> torch.Tensor:
-        """[inf seen, NaN seen, index of the first parameter (backward order) holding one, or -1], on the device.
-
-        `norms` and `maxabs` hold each gradient's L2 norm and largest |g|, for the optimizer's
-        parameters that have a gradient, in the optimizer's order.
-        """
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        param_index = [self._index_of.get(id(p), -1) for p in params]
-        arrival = {i: rank for rank, i in enumerate(dict.fromkeys(self._grad_order))}
-        self._grad_order.clear()
-        order = tuple(sorted(range(len(params)), key=lambda k: (arrival.get(param_index[k], len(arrival)), k)))
-        perm, index = self._order_tensors(order, param_index, norms.device)
-        nan = torch.isnan(norms)
-        # index_select and gather, not t[i]: indexing with a 0-d tensor can read it on the host (a sync)
-        bad = (nan | ~torch.isfinite(maxabs)).index_select(0, perm)
-        culprit = index.gather(0, bad.int().argmax().reshape(1)).reshape(())
-        first = torch.where(bad.any(), culprit, torch.full((), -1, dtype=torch.long, device=norms.device))
-        return torch.stack([torch.isinf(maxabs).any().float(), nan.any().float(), first.float()])
+    def take_step(self, params: list[Any]) -> tuple[list[Any], list[int]]:
+        """This step's host facts for `row()`: the parameters with a gradient (in the optimizer's order,
+        the order of the norms) and the backward order they arrived in. O(1): nothing is copied."""
+        order, self._grad_order = self._grad_order, []
+        return params, order
 
     def row(
-        self, scale_before: float, scale_after: float, flags: list[float], facts: tuple[bool, bool]
+        self,
+        scale_before: float,
+        scale_after: float,
+        norms: list[float],
+        step: tuple[list[Any], list[int]],
+        facts: tuple[bool, bool],
     ) -> dict[str, Any]:
-        """The ledger row of a skipped step, on the host (flags from `flags()`, facts from `batch_facts()`)."""
-        inf, nan, first = flags
-        index = int(first)
+        """The ledger row of a skipped step: `norms` are the step's per-parameter gradient norms, `step`
+        what `take_step()` returned, `facts` what `batch_facts()` returned."""
+        index = self._first_nonfinite(norms, *step)
         moved, stepped = facts
         return {
             "scale_before": finite_or_none(scale_before),
             "scale_after": finite_or_none(scale_after),
-            "nonfinite": nonfinite_kind(bool(inf), bool(nan)),
+            "nonfinite": nonfinite_kind(any(math.isinf(n) for n in norms), any(math.isnan(n) for n in norms)),
             "param": self._names[index] if 0 <= index < len(self._names) else None,
             "param_index": index if index >= 0 else None,
             "scheduler_stepped": bool(moved),
             "optimizer_step_called": bool(stepped),
         }
+
+    def _first_nonfinite(self, norms: list[float], params: list[Any], order: list[int]) -> int:
+        """The index (in the trainer's parameter list) of the first parameter, in backward order, whose
+        gradient norm is not finite; -1 if none is."""
+        arrival = {i: rank for rank, i in enumerate(dict.fromkeys(order))}
+        bad = [k for k, n in enumerate(norms) if not math.isfinite(n)]
+        if not bad:
+            return -1
+        index = [self._index_of.get(id(p), -1) for p in params]
+        first = min(bad, key=lambda k: (arrival.get(index[k], len(arrival)), k))
+        return index[first]

@@ -4,4 +4,5 @@
 - `records`: a runs folder of real run records (completed, failed, stopped, interrupted, queued,
   damaged, multi-rank, a comparison), made by short `python -m amp_core.train` runs.
 - `interaction`: random widget actions on a Streamlit AppTest, as a browser user would take them.
+- `loggers`: `MemoryLogger`, a real Lightning logger that keeps (or drops) what it is given.
 """
