@@ -79,6 +79,8 @@ class Turns(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._finishing:
             return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()  # a step's time is its GPU work, not its kernel launches (both sides alike)
         if self._left == 0:
             if self.marks:
                 self.marks.append((time.perf_counter(), time.process_time()))  # the end of the turn's last step
@@ -149,10 +151,12 @@ class NoLedger(SkipLedgerProbe):
         return params, []
 
 
-def config_for(workload: str, precision: str) -> RunConfig:
+def config_for(workload: str, precision: str, accelerator: str = "cpu") -> RunConfig:
     """The workload at its default size, as amp_core.train would run it."""
     defaults = dict(WORKLOADS[workload].defaults)
-    return RunConfig(workload=workload, precision=precision, max_steps=100_000, wandb="disabled", **defaults).validate()
+    return RunConfig(
+        workload=workload, precision=precision, accelerator=accelerator, max_steps=100_000, wandb="disabled", **defaults
+    ).validate()
 
 
 def make_side(
@@ -168,9 +172,10 @@ def make_side(
             writer = RunWriter.create(tmp, {"precision": config.precision, "bench": True}, label=config.precision)
             loggers = [RunRecordLogger(writer)]
     turns = Turns(STEPS_PER_TURN)
-    precision_kwargs, _ = build_precision(config, "cpu")
+    device = "cuda" if config.accelerator == "gpu" else "cpu"
+    precision_kwargs, _ = build_precision(config, device)
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=config.accelerator,
         devices=1,
         max_steps=10**7,
         max_epochs=-1,
@@ -239,15 +244,19 @@ def _how(a: str, b: str, m: Measured) -> str:
     )
 
 
-def monitor_figures(tmp: Path, seconds: float, workloads=WORKLOAD_NAMES, precisions=PRECISIONS) -> list[Figure]:
+def monitor_figures(
+    tmp: Path, seconds: float, workloads=WORKLOAD_NAMES, precisions=PRECISIONS, accelerator: str = "cpu"
+) -> list[Figure]:
     out = []
+    section = "cuda" if accelerator == "gpu" else "monitor"
     for workload in workloads:
         for precision in precisions:
-            config = config_for(workload, precision)
+            config = config_for(workload, precision, accelerator)
 
             m = ab_ratio(partial(bare, config, tmp), partial(monitored, config, tmp), seconds)
             how = _how("bare Lightning", "LossScaleMonitor + RunRecordLogger", m)
-            out.append(figure("monitor", f"monitor per step, {workload} {precision}", m.ratio, "x", how, at_most=GOAL))
+            name = f"monitor per step, {workload} {precision}" + (" (CUDA)" if accelerator == "gpu" else "")
+            out.append(figure(section, name, m.ratio, "x", how, at_most=GOAL))
             print(f"  {out[-1].name}: {m.ratio:.3f}", file=sys.stderr, flush=True)
     return out
 
@@ -347,6 +356,13 @@ def figures(quick: bool, tmp: Path) -> list[Figure]:
         except Exception as e:  # one part failing still reports the others
             out.append(not_measured("monitor", name, "x", f"{type(e).__name__}: {e}"))
     return out
+
+
+def cuda_figures(quick: bool, tmp: Path) -> list[Figure]:
+    """The monitor's per-step cost on the GPU (each step boundary synchronised, on both sides alike)."""
+    if not torch.cuda.is_available():
+        return [not_measured("cuda", "monitor per step (CUDA)", "x", "no CUDA GPU here", goal=f"<= {GOAL:g}")]
+    return monitor_figures(Path(tmp), 8.0 if quick else 40.0, accelerator="gpu")
 
 
 def main() -> int:
