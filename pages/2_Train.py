@@ -3,6 +3,7 @@
 import streamlit as st
 
 import ui_common  # first: it does the heavy imports once (see there)
+from amp_core import charts
 from amp_core.analysis.advice import DEMO_INIT_SCALE_LOG2, TORCH_INIT_SCALE_LOG2, scaler_expectation
 from amp_core.precision import lightning_precision_values
 from amp_core.record import ACTIVE_STATES, load_run, run_path
@@ -125,6 +126,9 @@ if not run_id:  # a reload lost the session: show whatever is training now
     run_id = next(iter(active.values()), None)
 if not run_id:
     st.info("No run yet: set the options and press **Start run**.")
+    # Where the run's loss scale will be drawn. Drawn empty now, it also has the browser load Plotly's
+    # code (4.7 MB of JavaScript: a second or more to parse) while the form is filled in, not after Start.
+    st.plotly_chart(charts.loss_scale_figure([]), key="train-no-run")
     st.stop()
 
 st.session_state["train_run"] = run_id
