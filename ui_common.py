@@ -44,6 +44,21 @@ def launcher():
     return _launcher(str(runs_dir()))
 
 
+def precision_table():
+    """Lightning's precision answers (amp_core.serve.precision_table: one child process per install, then kept),
+    with a spinner while that child runs; if it fails, an error on the page, and the page stops there."""
+    from amp_core.serve.precision_table import PrecisionTableError, is_loaded, load_table
+
+    cache_dir = runs_dir() / ".precision_tables"
+    first = "" if is_loaded(cache_dir) else " (once after an install: about half a minute)"
+    try:
+        with st.spinner(f"Asking Lightning about every precision combination in a child process{first}…"):
+            return load_table(cache_dir)
+    except PrecisionTableError as err:
+        st.error(f"Lightning could not be asked about precision: {err}. Reload the page to try again.")
+        st.stop()
+
+
 @st.cache_resource(show_spinner=False)
 def live_registry() -> LiveRegistry:
     """The server's live runs: each followed once and drawn once for all sessions (thread-safe)."""

@@ -182,6 +182,12 @@ class PrecisionResolution:
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "fallback": self.fallback}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrecisionResolution:
+        """The inverse of :meth:`as_dict` read back from JSON (lists become tuples; ``fallback`` is derived)."""
+        fields = {k: v for k, v in data.items() if k != "fallback"}
+        return cls(**{**fields, "warnings": tuple(fields["warnings"]), "info": tuple(fields["info"])})
+
     def __str__(self) -> str:
         width = max(len(name) for name, _, _ in self.steps())
         return "\n".join(f"{name:<{width}}  {value}  ({why})" for name, value, why in self.steps())
@@ -396,14 +402,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--use-gpu", type=_cli_choice(_CLI_BOOLS), default=None, help="default: --cuda-available")
     parser.add_argument("--table", action="store_true", help="print the truth table over every combination")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument(
+        "--with-values", action="store_true", help="with --table --json: {values: Lightning's strings, rows: [...]}"
+    )
     args = parser.parse_args(argv)
     if args.table == (args.precision is not None):
         parser.error("give either --precision or --table")
+    if args.with_values and not (args.table and args.json):
+        parser.error("--with-values goes with --table --json")
 
     try:
         if args.table:
             rows = truth_table()
-            print(json.dumps([row.as_dict() for row in rows], indent=1) if args.json else format_table(rows))
+            table = [row.as_dict() for row in rows]
+            if args.with_values:  # everything the app's Precision page shows, from one process
+                table = {"values": lightning_precision_values(), "rows": table}
+            print(json.dumps(table, indent=1) if args.json else format_table(rows))
             return 0
         if args.cuda_available is None:
             import torch

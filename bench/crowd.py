@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_latency import CHROMIUM, CHROMIUM_ARGS, REPO, SETTLED, Server, cpu_ticks  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.harness import REPO, SETTLED, Server, cpu_ticks, launch_browser  # noqa: E402
 
 # The last step the loss line reaches: it grows with every redraw, where the point count stops
 # growing once the line is downsampled.
@@ -77,9 +77,13 @@ def steps_done(run_dir: Path) -> int:
         return 0
 
 
-def measure(viewers: int, seconds: float, steps: int, tmp: Path) -> dict:
-    from playwright.sync_api import sync_playwright
+def measure(viewers: int, seconds: float, steps: int, tmp: Path, p=None) -> dict:
+    """N viewers on one real training run for `seconds`; `p`: a running sync_playwright() (else one is started)."""
+    if p is None:
+        from playwright.sync_api import sync_playwright
 
+        with sync_playwright() as p:
+            return measure(viewers, seconds, steps, tmp, p)
     runs_dir = tmp / f"runs-{viewers}"
     server = Server("app.py", REPO, runs_dir, tmp / f"server-{viewers}.log")
     env = dict(os.environ, AMP_RUNS_DIR=str(runs_dir), WANDB_MODE="offline", WANDB_SILENT="true")
@@ -92,8 +96,8 @@ def measure(viewers: int, seconds: float, steps: int, tmp: Path) -> dict:
                 raise RuntimeError("the training run did not start")
             time.sleep(0.2)
         run_dir = dirs[0].parent
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_browser(p)
+        try:
             rss_before = rss_mb(server.proc.pid)
             pages = []
             for _ in range(viewers):
@@ -125,6 +129,7 @@ def measure(viewers: int, seconds: float, steps: int, tmp: Path) -> dict:
                 "server_rss_mb": [round(rss_before, 1), round(rss_mb(server.proc.pid), 1)],
                 "train_steps_per_s": round((steps_done(run_dir) - steps_before) / wall, 1),
             }
+        finally:
             browser.close()
         return result
     finally:

@@ -9,6 +9,11 @@
 #
 # PROOF_BUDGET_S (default 450) bounds the phases; a hard stop at budget + 40 s keeps the call
 # under 8 minutes even if a phase hangs past its own limit.
+#
+# REPORT=1 runs the speed report's CUDA section instead (bench/run.py on the GPU machine): the last
+# bench/report.json is copied to $OUT first, so the report written there keeps its CPU sections
+# (carried over, dated); copy $OUT/report.json and $OUT/REPORT.md back into bench/ afterwards.
+#     device run, carry [".whl"], timeout_s 560:     REPORT=1 OUT=$OUT bash bench/gpu_proof.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder for the results}"
@@ -29,4 +34,9 @@ else
   echo "no carried wheels (.whl/ is empty or absent)" >"$AMP_PROOF_WHEELS_LOG"
 fi
 tail -1 "$AMP_PROOF_WHEELS_LOG"
+if [ "${REPORT:-0}" = 1 ]; then
+  [ -f bench/report.json ] && cp bench/report.json "$OUT/report.json"
+  timeout -k 10 540 "$PY" bench/run.py --quick --out-dir "$OUT" 2>&1 | tee "$OUT/report.log"
+  exit "${PIPESTATUS[0]}"
+fi
 timeout -k 10 $((BUDGET + 40)) "$PY" bench/gpu_proof.py --out "$OUT" --budget "$BUDGET" 2>&1 | tee "$OUT/proof.log"

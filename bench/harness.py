@@ -46,7 +46,7 @@ def worker_pids(runs_dir: Path) -> list[int]:
     marker = f"AMP_RUNS_DIR={runs_dir}".encode()
     out = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             if b"\0-m\0amp_core.serve.worker\0" not in (entry / "cmdline").read_bytes():
@@ -56,6 +56,22 @@ def worker_pids(runs_dir: Path) -> list[int]:
         except OSError:
             continue
     return out
+
+
+def kill_workers(runs_dir: Path, timeout: float = 10.0) -> list[int]:
+    """SIGKILL every worker (and its process group) started for `runs_dir`, wait until they are gone; their pids."""
+    pids = worker_pids(runs_dir)
+    for pid in pids:
+        for kill in (lambda pid=pid: os.killpg(pid, signal.SIGKILL), lambda pid=pid: os.kill(pid, signal.SIGKILL)):
+            try:
+                kill()
+                break
+            except (ProcessLookupError, PermissionError):
+                continue
+    deadline = time.monotonic() + timeout
+    while worker_pids(runs_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pids
 
 
 def cpu_ticks(pid: int) -> int | None:
@@ -77,40 +93,65 @@ COLD_BOOT = (
 
 
 class Server:
-    def __init__(self, script: str, cwd: Path, runs_dir: Path | None, log: Path, cold: bool = False):
+    """`streamlit run <script>` on a free local port, healthy when constructed; `env` adds to its environment."""
+
+    def __init__(
+        self,
+        script: str,
+        cwd: Path,
+        runs_dir: Path | None,
+        log: Path,
+        cold: bool = False,
+        env: dict | None = None,
+        start_timeout: float = 90,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.runs_dir = runs_dir.resolve() if runs_dir else None
-        env = dict(
+        self.runs_dir = Path(runs_dir).resolve() if runs_dir else None
+        environ = dict(
             os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true", PYTHONUNBUFFERED="1"
         )
+        environ.pop("STREAMLIT_SERVER_PORT", None)  # the port is ours to choose
         if self.runs_dir:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
-            env["AMP_RUNS_DIR"] = str(self.runs_dir)
-            env["WANDB_DIR"] = str(self.runs_dir.parent)
+            environ["AMP_RUNS_DIR"] = str(self.runs_dir)
+            environ["WANDB_DIR"] = str(self.runs_dir.parent)
+        environ.update(env or {})
         cmd = [sys.executable, *(["-c", COLD_BOOT] if cold else ["-m", "streamlit"]), "run", script, "--server.headless", "true", "--server.address", "127.0.0.1",
                "--server.port", str(self.port), "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]  # fmt: skip
-        self.log_path = log
-        self._log = open(log, "wb")
+        self.log_path = Path(log)
+        self._log = open(self.log_path, "wb")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd, cwd=cwd, env=environ, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 90
+        self._wait_healthy(start_timeout)
+        self.healthy_after = time.perf_counter() - self.started
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited early:\n{log.read_text()[-3000:]}")
+                self.stop()
+                raise RuntimeError(
+                    f"streamlit exited with code {self.proc.returncode} before it was healthy:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
                     if r.read().strip() == b"ok":
-                        break
+                        return
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("streamlit was not healthy after 90 s")
+                raise RuntimeError(f"streamlit was not healthy after {timeout:g} s:\n{self.log_tail()}")
             time.sleep(0.05)
-        self.healthy_after = time.perf_counter() - self.started
+
+    def log_tail(self, chars: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def spare_ready(self) -> bool:
         """A worker that is not training any run, alive, and idle (blocked reading its job)."""
@@ -140,7 +181,8 @@ class Server:
             time.sleep(0.2)
         return time.perf_counter() - t0
 
-    def stop(self) -> None:
+    def stop(self) -> list[int]:
+        """Terminate the server (then kill it), then kill any worker it left; returns those workers' pids."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -148,18 +190,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        if self.runs_dir:
-            for pid in worker_pids(self.runs_dir):
-                for kill in (
-                    lambda pid=pid: os.killpg(pid, signal.SIGKILL),
-                    lambda pid=pid: os.kill(pid, signal.SIGKILL),
-                ):
-                    try:
-                        kill()
-                        break
-                    except (ProcessLookupError, PermissionError):
-                        continue
-        self._log.close()
+        leftovers = kill_workers(self.runs_dir) if self.runs_dir else []
+        if not self._log.closed:
+            self._log.close()
+        return leftovers
 
 
 def launch_browser(p):

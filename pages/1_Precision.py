@@ -4,17 +4,17 @@ import pandas as pd
 import streamlit as st
 
 import ui_common  # first: it does the heavy imports once (see there)
-from amp_core.precision import lightning_precision_values, resolve_precision, truth_table
 
 st.set_page_config(page_title="Precision · AMP Explorer", page_icon="🎚️", layout="wide")
 st.title("Precision resolver")
 st.caption(
     "Toggle the inputs and follow the decision: first the project's rule (`compute_effective_precision`), "
-    "then Lightning itself, asked live (its accelerator connector builds the precision plugin; its own warnings "
+    "then Lightning itself, asked in a child process (its accelerator connector builds the precision plugin; its own warnings "
     "are captured). The toggles live in the URL: copy it to share this view."
 )
 
-VALUES = lightning_precision_values()
+precision_table = ui_common.precision_table()  # from a child process: the server imports no Lightning
+VALUES = precision_table.values
 USE_AMP = {"None": None, "True": True, "False": False}
 
 # Checked here, before the widgets bind to them: Streamlit drops a bound value it cannot use
@@ -51,7 +51,7 @@ cuda_available = c3.checkbox("CUDA available", value=False, key="cuda", bind="qu
 use_gpu = c4.checkbox("Use GPU", value=True, key="gpu", bind="query-params")
 use_amp = USE_AMP[use_amp_label]
 
-r = resolve_precision(requested, use_amp, cuda_available, use_gpu)
+r = precision_table.resolve(requested, use_amp, cuda_available, use_gpu)
 st.caption(
     "The project's rule, kept as written: with use_amp None it passes the requested precision on; with use_amp True on a "
     "usable GPU it returns '16' whatever was requested, so a **bf16** request (bf16-mixed, bf16) becomes fp16 AMP with a "
@@ -87,7 +87,7 @@ st.table(pd.DataFrame(r.steps(), columns=["step", "value", "why"]), hide_index=T
 
 st.subheader("Truth table")
 show_all = st.toggle("Every requested precision (otherwise only the selected one)", value=False)
-rows = truth_table(None if show_all else [requested])
+rows = precision_table.truth_table(None if show_all else [requested])
 table = pd.DataFrame(
     [
         {

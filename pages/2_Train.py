@@ -5,7 +5,6 @@ import streamlit as st
 import ui_common  # first: it does the heavy imports once (see there)
 from amp_core import charts
 from amp_core.analysis.advice import DEMO_INIT_SCALE_LOG2, TORCH_INIT_SCALE_LOG2, scaler_expectation
-from amp_core.precision import lightning_precision_values
 from amp_core.record import ACTIVE_STATES, load_run, run_path
 from amp_core.training.cli import ConfigError, RunConfig
 from amp_core.training.config import widget_bounds
@@ -24,7 +23,7 @@ TORCH_DEFAULTS_EXPECTATION = scaler_expectation(
 )
 launcher = ui_common.launcher()
 defaults = RunConfig()
-values = lightning_precision_values()
+values = ui_common.precision_table().values  # Lightning's, from a child process
 workload = ui_common.workload_select("train_workload")
 
 linked = st.query_params.get("run")

@@ -265,3 +265,9 @@ def test_reading_recordings_imports_no_torch():
     code = "import sys, amp_core.record.recordings, amp_core.record; amp_core.record.recordings.list_recordings(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_the_shipped_recordings_folder_is_the_repositorys_demo_runs():
+    from amp_core.record.recordings import REPO_RECORDINGS
+
+    assert REPO_RECORDINGS == Path(__file__).resolve().parents[1] / "demo_runs"

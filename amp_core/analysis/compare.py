@@ -194,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _child_env() -> dict:
-    root = str(Path(__file__).resolve().parents[1])  # `-m amp_core.train` must import this very package
+    root = str(Path(__file__).resolve().parents[2])  # `-m amp_core.train` must import this very package
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
 
 

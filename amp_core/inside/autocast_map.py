@@ -330,7 +330,7 @@ def probe_map(
     ]
     try:
         out = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1]
+            cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[2]
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": f"the map's child process did not finish: {type(e).__name__}"}

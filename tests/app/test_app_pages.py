@@ -1,5 +1,6 @@
 """Every page through Streamlit's AppTest, against run records the real engine wrote."""
 
+import sys
 import time
 from pathlib import Path
 
@@ -119,6 +120,27 @@ def test_precision_truth_table(app_env):
     full = at.dataframe[0].value
     assert len(full) > 12 and len(full) % 12 == 0
     assert set(full["final"]) >= {"bf16-mixed", "16-mixed", "32-true"}
+
+
+def test_precision_page_says_so_when_lightning_cannot_be_asked(app_env, tmp_path, monkeypatch):
+    from amp_core.serve.precision_table import forget, load_table
+
+    kept = tmp_path / "kept"
+    load_table(kept)  # the table on disk, to restore memory for the tests after this one without a child
+    failing = tmp_path / "python"
+    failing.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named lightning_fabric' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    with monkeypatch.context() as patched:
+        patched.setattr(sys, "executable", str(failing))
+        forget()
+        at = page("pages/1_Precision.py").run()
+    load_table(kept)
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Lightning could not be asked about precision: ModuleNotFoundError: No module named lightning_fabric. "
+        "Reload the page to try again."
+    ]
+    assert not at.metric and not at.selectbox  # the page stopped at the error
 
 
 def test_runs_page_lists_and_replays_an_engine_run(app_env, recorded_fp16, monkeypatch, figures):

@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
@@ -26,17 +22,10 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # the tests read and write run records with amp_core
+if str(REPO) not in sys.path:  # the tests read and write run records with amp_core; the harness is bench/harness.py
     sys.path.insert(0, str(REPO))
-CHROMIUM = os.environ.get("AMP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
+from bench.harness import CHROMIUM, EXCEPTION, SETTLED, Server, launch_browser, worker_pids  # noqa: E402
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # Generous: this machine is small and shared. Waits poll a condition; nothing asserts a duration.
@@ -44,8 +33,6 @@ SERVER_START_S = 90
 PAGE_S = 60  # a page to load and settle (the first Train page imports torch and Lightning)
 RUN_S = 150  # a short training run to finish (the worker imports torch and Lightning first)
 
-SETTLED = "[data-testid='stApp'][data-test-script-state='notRunning']"
-EXCEPTION = "[data-testid='stException']"
 NAV_LINKS = "[data-testid='stSidebarNav'] a"
 # Plotly receives NumPy arrays as base64 typed arrays ({dtype, bdata}): `data[i].x` is that object
 # (with the decoded array in `_inputArray`), and `_fullData[i].x` is the decoded array.
@@ -96,133 +83,16 @@ def _browser_requirements():
 # -- the server --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker_pids(runs_dir: Path) -> list[int]:
-    """Processes running `amp_core.serve.worker` whose environment names our runs directory."""
-    marker = f"AMP_RUNS_DIR={runs_dir}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            if b"\0-m\0amp_core.worker\0" not in cmdline:  # python -m amp_core.serve.worker
-                continue
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:  # gone, or not ours to read
-            continue
-        if marker in environ:
-            pids.append(int(entry.name))
-    return pids
-
-
-def kill_workers(runs_dir: Path, timeout: float = 10.0) -> list[int]:
-    """SIGKILL every worker (and its process group) started for `runs_dir`; returns their pids."""
-    pids = _worker_pids(runs_dir)
-    for pid in pids:
-        for kill in (lambda pid=pid: os.killpg(pid, signal.SIGKILL), lambda pid=pid: os.kill(pid, signal.SIGKILL)):
-            try:
-                kill()
-                break
-            except (ProcessLookupError, PermissionError):
-                continue
-    deadline = time.monotonic() + timeout
-    while _worker_pids(runs_dir) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return pids
-
-
-class StreamlitServer:
-    """`streamlit run <script>` on a free local port, with its own runs directory."""
-
-    def __init__(self, workdir: Path, script: str = "app.py", runs_dir: Path | None = None, env: dict | None = None):
-        self.workdir = Path(workdir)
-        self.script = script
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.runs_dir = Path(runs_dir).resolve() if runs_dir else None
-        self.extra_env = env or {}
-        self.proc: subprocess.Popen | None = None
-        self.log_path: Path | None = None
-
-    def start(self, log_path: Path) -> StreamlitServer:
-        env = dict(
-            os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true", PYTHONUNBUFFERED="1"
-        )
-        env.pop("STREAMLIT_SERVER_PORT", None)
-        if self.runs_dir is not None:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
-            env["AMP_RUNS_DIR"] = str(self.runs_dir)
-            env["WANDB_DIR"] = str(self.runs_dir.parent)
-        env.update(self.extra_env)
-        cmd = [
-            sys.executable, "-m", "streamlit", "run", self.script,
-            "--server.headless", "true",
-            "--server.address", "127.0.0.1",
-            "--server.port", str(self.port),
-            "--server.fileWatcherType", "none",
-            "--browser.gatherUsageStats", "false",
-        ]  # fmt: skip
-        self.log_path = Path(log_path)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"streamlit exited with code {self.proc.returncode} before it was healthy:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"streamlit was not healthy after {SERVER_START_S} s:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def log_tail(self, chars: int = 6000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except (OSError, AttributeError):
-            return ""
-
-    def stop(self) -> list[int]:
-        """Terminate the server (then kill it), then kill any worker it left; returns leftover pids."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        leftovers = kill_workers(self.runs_dir) if self.runs_dir is not None else []
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-            self._log = None
-        return leftovers
-
-
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
-    """The app, served from the repository root with an empty runs directory of its own."""
+    """The app, served from the repository root with an empty runs directory of its own (bench/harness.Server)."""
     if not (REPO / "app.py").exists():
         pytest.fail("app.py is missing from the repository root", pytrace=False)
     base = tmp_path_factory.mktemp("amp-app")
-    server = StreamlitServer(REPO, "app.py", runs_dir=base / "runs")
-    server.start(base / "streamlit.log")
+    server = Server("app.py", REPO, base / "runs", base / "streamlit.log", start_timeout=SERVER_START_S)
     yield server
     server.stop()
-    assert not _worker_pids(server.runs_dir), "amp_core.serve.worker processes survived the server"
+    assert not worker_pids(server.runs_dir), "amp_core.serve.worker processes survived the server"
 
 
 # -- the browser -------------------------------------------------------------------------------
@@ -233,7 +103,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = launch_browser(p)
         yield b
         b.close()
 
@@ -307,7 +177,7 @@ def settle(page, timeout_s: float = PAGE_S) -> None:
     page.wait_for_selector(SETTLED, timeout=timeout_s * 1000)
 
 
-def open_page(page, server: StreamlitServer, path: str = "/", timeout_s: float = PAGE_S) -> None:
+def open_page(page, server: Server, path: str = "/", timeout_s: float = PAGE_S) -> None:
     page.goto(server.url + path)
     settle(page, timeout_s)
 
