@@ -23,7 +23,8 @@ TORCH_DEFAULTS_EXPECTATION = scaler_expectation(
 )
 launcher = ui_common.launcher()
 defaults = RunConfig()
-values = ui_common.precision_table().values  # Lightning's, from a child process
+precisions = ui_common.precision_table()  # Lightning's answers, from a child process
+values = precisions.values
 workload = ui_common.workload_select("train_workload")
 
 linked = st.query_params.get("run")
@@ -112,7 +113,8 @@ if start:
     try:
         if inject_steps is None:
             raise ConfigError("Inject overflow at steps takes whole step numbers separated by commas, e.g. 100, 200")
-        run_id = launcher.submit(config)
+        # Normalised by the table: asking Lightning here would import torch and Lightning into the server on Start.
+        run_id = launcher.submit(config, normalize_precision=lambda v: precisions.resolve(v).lightning_precision)
     except (ConfigError, ValueError) as e:
         st.error(f"Cannot start this run: {e}")
     else:

@@ -159,9 +159,11 @@ class Launcher:
 
     # -- what sessions call ------------------------------------------------------------------
 
-    def submit(self, config: RunConfig) -> str:
-        """Validate and queue a run; it starts as soon as its device is free. Returns the run id."""
-        config.validate()
+    def submit(self, config: RunConfig, normalize_precision: Callable[[Any], str] | None = None) -> str:
+        """Validate and queue a run; it starts as soon as its device is free. Returns the run id.
+
+        `normalize_precision`: see RunConfig.validate (a page passes the precision table's, torch-free)."""
+        config.validate(normalize_precision)
         config.runs_dir = str(self.runs_dir)
         if config.devices * config.num_nodes > 1:
             # Lightning launches the other ranks by running this process's command again: the CLI's.
