@@ -1,4 +1,5 @@
-"""The launcher's handle on a worker process: its process group is signalled only while it is ours.
+"""The launcher: its handle on a worker process (whose process group is signalled only while it is
+ours), and a Start from the Train page that loads no torch or Lightning into the server.
 
 A worker runs in a session of its own, so a stop that runs late kills its whole process group (id:
 the worker's pid). A pid is free for reuse once its process has been reaped, so the check "still
@@ -9,14 +10,16 @@ training.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
 from amp_core.serve.launcher import _Worker
-from tests.support.processes import wait_until
+from tests.support.processes import kill_recorded_processes, wait_until
 
 WAITS_FOR_A_JOB = "import sys; print('ready', flush=True); sys.stdin.readline()"
 
@@ -71,3 +74,44 @@ def test_signal_group_reaches_what_the_worker_started(tmp_path):
         if process_state(grandchild) not in ("", "Z"):
             os.kill(grandchild, signal.SIGKILL)
         worker.kill()
+
+
+# Runs in a fresh interpreter: the Train page, then Start (precision "16", an alias the server must
+# normalise), then what the process has loaded.
+START_FROM_THE_PAGE = """
+import json, os, sys
+from streamlit.testing.v1 import AppTest
+from amp_core.record import list_runs
+from amp_core.serve.launcher import close_launchers
+at = AppTest.from_file(os.path.join(os.getcwd(), "pages/2_Train.py"), default_timeout=600).run()
+next(n for n in at.number_input if n.label == "Steps").set_value(5)
+next(r for r in at.radio if r.label == "W&B").set_value("disabled")
+next(s for s in at.selectbox if s.label == "Precision").select("16")
+next(b for b in at.button if b.label == "Start run").click()
+at.run()
+report = {
+    "problems": [e.value for e in at.exception] + [e.value for e in at.error],
+    "heavy": sorted(m for m in ("torch", "pytorch_lightning", "lightning_fabric", "lightning") if m in sys.modules),
+    "precisions": [r.config.get("precision") for r in list_runs(os.environ["AMP_RUNS_DIR"])],
+}
+close_launchers(stop_runs=True)
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_start_on_the_train_page_imports_no_torch_into_the_server(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    runs_dir = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(root), "WANDB_MODE": "offline", "AMP_RUNS_DIR": str(runs_dir)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", START_FROM_THE_PAGE], cwd=root, env=env, capture_output=True, text=True, timeout=900
+        )
+    finally:
+        kill_recorded_processes(runs_dir)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("REPORT ")), None)
+    assert line is not None, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(line.removeprefix("REPORT "))
+    assert report["problems"] == []
+    assert report["precisions"] == ["16-mixed"]  # normalised in the server, by Lightning's own answer (the table)
+    assert report["heavy"] == []
