@@ -34,7 +34,7 @@ def runs_dir() -> Path:
 
 @st.cache_resource(show_spinner=False)
 def _launcher(path: str):
-    from amp_core.serve.worker import get_launcher
+    from amp_core.serve.launcher import get_launcher
 
     return get_launcher(path)
 

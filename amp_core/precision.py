@@ -95,7 +95,6 @@ def normalize_precision(value) -> str:
     """Lightning's own normalisation: ``'16'``/``16`` -> ``'16-mixed'``, ``'bf16'`` -> ``'bf16-mixed'``, ``None`` ->
     Lightning's default. Raises :class:`InvalidPrecisionError` for anything Lightning would reject."""
     from lightning_fabric.connector import _convert_precision_to_unified_args
-    from pytorch_lightning.plugins.precision import Precision
 
     with _LIGHTNING_LOCK, warnings.catch_warnings():
         # Lightning's "supported for historical reasons" note is captured and reported by resolve_precision.
@@ -110,6 +109,9 @@ def normalize_precision(value) -> str:
                 )
             raise InvalidPrecisionError(message) from err
     if unified is None:
+        # Only here: importing pytorch_lightning takes seconds, and the server validates every Start with this.
+        from pytorch_lightning.plugins.precision import Precision
+
         return Precision.precision  # the base plugin's default, which is what Trainer(precision=None) gets
     # Lightning checks membership with ==, so 16.0 passes its check and comes out as '16.0', which it cannot use.
     if unified not in lightning_precision_values(include_aliases=False):

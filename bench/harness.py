@@ -86,7 +86,7 @@ def cpu_ticks(pid: int) -> int | None:
 # cold starts: the app has no switch for it, so the server process patches the default, then runs
 # Streamlit's own command line exactly as `python -m streamlit` does.
 COLD_BOOT = (
-    "import sys; import amp_core.serve.worker as w; "
+    "import sys; import amp_core.serve.launcher as w; "
     "w.Launcher.__init__.__defaults__ = w.Launcher.__init__.__defaults__[:-1] + (False,); "
     "from streamlit.web.cli import main; sys.argv[0] = 'streamlit'; main(prog_name='streamlit')"
 )

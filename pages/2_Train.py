@@ -3,6 +3,7 @@
 import streamlit as st
 
 import ui_common  # first: it does the heavy imports once (see there)
+from amp_core import charts
 from amp_core.analysis.advice import DEMO_INIT_SCALE_LOG2, TORCH_INIT_SCALE_LOG2, scaler_expectation
 from amp_core.record import ACTIVE_STATES, load_run, run_path
 from amp_core.training.cli import ConfigError, RunConfig
@@ -22,7 +23,8 @@ TORCH_DEFAULTS_EXPECTATION = scaler_expectation(
 )
 launcher = ui_common.launcher()
 defaults = RunConfig()
-values = ui_common.precision_table().values  # Lightning's, from a child process
+precisions = ui_common.precision_table()  # Lightning's answers, from a child process
+values = precisions.values
 workload = ui_common.workload_select("train_workload")
 
 linked = st.query_params.get("run")
@@ -111,7 +113,8 @@ if start:
     try:
         if inject_steps is None:
             raise ConfigError("Inject overflow at steps takes whole step numbers separated by commas, e.g. 100, 200")
-        run_id = launcher.submit(config)
+        # Normalised by the table: asking Lightning here would import torch and Lightning into the server on Start.
+        run_id = launcher.submit(config, normalize_precision=lambda v: precisions.resolve(v).lightning_precision)
     except (ConfigError, ValueError) as e:
         st.error(f"Cannot start this run: {e}")
     else:
@@ -124,6 +127,9 @@ if not run_id:  # a reload lost the session: show whatever is training now
     run_id = next(iter(active.values()), None)
 if not run_id:
     st.info("No run yet: set the options and press **Start run**.")
+    # Where the run's loss scale will be drawn. Drawn empty now, it also has the browser load Plotly's
+    # code (4.7 MB of JavaScript: a second or more to parse) while the form is filled in, not after Start.
+    st.plotly_chart(charts.loss_scale_figure([]), key="train-no-run")
     st.stop()
 
 st.session_state["train_run"] = run_id

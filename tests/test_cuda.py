@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from amp_core.record import FINAL_STATES, METRICS_FILE, STATUS_FILE, load_run
-from amp_core.serve.worker import Launcher
+from amp_core.serve.launcher import Launcher
 from amp_core.training.cli import RunConfig
 from amp_core.training.sync_check import MONITOR_STEP_HOOKS, HostSyncCounter, count_monitor_syncs
 

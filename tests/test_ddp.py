@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from amp_core.record import RunMetrics, list_runs, load_rank_scales, ranks_agree
-from amp_core.serve.worker import Launcher
+from amp_core.serve.launcher import Launcher
 from amp_core.training.cli import ConfigError, RunConfig
 
 

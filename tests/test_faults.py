@@ -41,7 +41,7 @@ from amp_core.record import (
     run_path,
     summarize,
 )
-from amp_core.serve.worker import Launcher
+from amp_core.serve.launcher import Launcher
 from amp_core.training.cli import RunConfig, run
 from tests.support.processes import dead_pid, kill_recorded_processes, read_status, wait_until
 

@@ -37,12 +37,10 @@ report = {{
     "amp_core": [m for m in loaded if m == "amp_core" or m.startswith("amp_core.")],
 }}
 import streamlit as st
-from amp_core.serve import worker
+from amp_core.serve.launcher import close_launchers
 from tests.support.processes import kill_recorded_processes
 st.cache_resource.clear()
-for key, launcher in list(worker._launchers.items()):
-    launcher.close(stop_runs=True)
-    worker._launchers.pop(key, None)
+close_launchers(stop_runs=True)
 kill_recorded_processes(runs_dir)
 print("REPORT " + json.dumps(report))
 """

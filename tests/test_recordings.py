@@ -40,7 +40,7 @@ from amp_core.record.recordings import (
     publish,
     recording_path,
 )
-from amp_core.serve.worker import Launcher
+from amp_core.serve.launcher import Launcher
 from amp_core.training.cli import RunConfig, run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from amp_core.record import FINAL_STATES, list_runs, load_run
-from amp_core.serve import worker
+from amp_core.serve.launcher import close_launchers
 from tests.support.processes import kill_recorded_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,9 +132,7 @@ def app_env(runs_dir, tmp_path, monkeypatch):
         yield runs_dir
     finally:
         st.cache_resource.clear()
-        for key, launcher in list(worker._launchers.items()):
-            launcher.close(stop_runs=True)
-            worker._launchers.pop(key, None)
+        close_launchers(stop_runs=True)
         kill_recorded_processes(runs_dir)
 
 

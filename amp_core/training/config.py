@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -73,9 +74,13 @@ class RunConfig:
     time_steps: bool = False
     compare_group: str = ""
 
-    def validate(self) -> RunConfig:
-        """Check every field and normalise the precision; raises ConfigError with one clear line."""
-        from amp_core.precision import normalize_precision
+    def validate(self, normalize_precision: Callable[[Any], str] | None = None) -> RunConfig:
+        """Check every field and normalise the precision; raises ConfigError with one clear line.
+
+        `normalize_precision` defaults to amp_core.precision's, which asks Lightning; the server passes
+        Lightning's answers read from amp_core.serve.precision_table, so that a Start imports no torch."""
+        if normalize_precision is None:
+            from amp_core.precision import normalize_precision
 
         try:
             self.precision = normalize_precision(self.precision)

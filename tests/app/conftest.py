@@ -9,7 +9,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from amp_core.serve import worker
+from amp_core.serve.launcher import close_launchers
 from tests.support.interaction import report_lines
 from tests.support.processes import kill_recorded_processes
 
@@ -20,9 +20,7 @@ def app_env(runs_dir):
     runs_dir.mkdir(parents=True, exist_ok=True)
     yield runs_dir
     st.cache_resource.clear()
-    for key, launcher in list(worker._launchers.items()):
-        launcher.close(stop_runs=True)
-        worker._launchers.pop(key, None)
+    close_launchers(stop_runs=True)
     kill_recorded_processes(runs_dir)  # whatever a closed launcher could not stop in time
 
 

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from amp_core.record import change_points, list_runs, load_run
-from amp_core.serve import worker
+from amp_core.serve.launcher import get_launcher
 from amp_core.training.cli import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def test_home_shows_hardware_without_lightning(app_env):
     at = page("app.py").run()
     assert not at.exception
     assert "Automatic mixed precision" in at.markdown[0].value
-    launcher = worker.get_launcher(app_env)
+    launcher = get_launcher(app_env)
     deadline = time.monotonic() + 90
     while launcher.hardware is None and time.monotonic() < deadline:
         time.sleep(0.2)
