@@ -41,6 +41,7 @@ __all__ = [
     "normalize_precision",
     "requested_precision_values",
     "resolve_precision",
+    "shown",
     "truth_table",
 ]
 
@@ -84,11 +85,13 @@ def requested_precision_values() -> tuple:
     return lightning_precision_values() + get_args(_PRECISION_INPUT_INT)
 
 
-def _shown(value) -> str:
+def shown(value: Any, limit: int = 200) -> str:
+    """repr() for an error message: never raises (an int of over 4300 digits has no repr) and stays short."""
     try:
-        return repr(value)
+        text = repr(value)
     except ValueError:
-        return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def normalize_precision(value) -> str:
@@ -106,7 +109,7 @@ def normalize_precision(value) -> str:
             message = str(err)
             if "Allowed precision values" not in message:  # Lightning's own repr() failed (an int of over 4300 digits)
                 message = (
-                    f"Precision {_shown(value)} is invalid. Allowed precision values: {requested_precision_values()}"
+                    f"Precision {shown(value)} is invalid. Allowed precision values: {requested_precision_values()}"
                 )
             raise InvalidPrecisionError(message) from err
     if unified is None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from amp_core.analysis.gradients import FP16_MAX
+
 
 @dataclass(frozen=True)
 class TorchGradScalerPolicy:
@@ -86,8 +88,6 @@ class OverflowModel:
     check of the estimate (see `replay_own_policy`).
     """
 
-    FP16_MAX = 65504.0
-
     def __init__(self, grad_max, scales, skipped, forced: tuple[int, ...] = (), calibrate_share: float = 0.5):
         g = np.asarray(grad_max, dtype=np.float64).copy()
         n = len(g)
@@ -107,7 +107,7 @@ class OverflowModel:
         head = known & (np.arange(n) < max(1, int(n * calibrate_share)))
         clean_products = g[head] * self.recorded_scale[head]
         self.threshold = float(
-            max(self.FP16_MAX, np.nextafter(clean_products.max(), np.inf) if clean_products.size else 0.0)
+            max(FP16_MAX, np.nextafter(clean_products.max(), np.inf) if clean_products.size else 0.0)
         )
 
     def __call__(self, step: int, scale: float) -> bool:

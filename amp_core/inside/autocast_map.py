@@ -25,13 +25,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from amp_core.analysis.gradients import FP16_MAX
 from amp_core.training.workloads import WORKLOADS
 
 PRECISIONS = ("16-mixed", "bf16-mixed", "32-true")
 DEVICES = ("cpu", "cuda")
 SIXTEEN_BIT = ("float16", "bfloat16")
 # log2 of the largest finite value of each 16-bit format (65504 for fp16), for the headroom column.
-MAX_LOG2 = {"float16": math.log2(65504.0), "bfloat16": math.log2(3.3895313892515355e38)}
+MAX_LOG2 = {"float16": math.log2(FP16_MAX), "bfloat16": math.log2(3.3895313892515355e38)}
 NEAR_OVERFLOW_LOG2 = 4  # a 16-bit output within 2**4 of the format's largest value is marked
 CAST_OPS = ("_to_copy",)
 # Shared run settings a map depends on; each workload adds its own (amp_core.training.config.workload_settings).
@@ -330,7 +331,7 @@ def probe_map(
     ]
     try:
         out = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1]
+            cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[2]
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": f"the map's child process did not finish: {type(e).__name__}"}

@@ -46,7 +46,7 @@ from amp_core.record import (
 )
 
 RECORDINGS_DIR_ENV = "AMP_RECORDINGS_DIR"
-REPO_RECORDINGS = Path(__file__).resolve().parents[1] / "demo_runs"
+REPO_RECORDINGS = Path(__file__).resolve().parents[2] / "demo_runs"
 # What provenance.json holds; readers show these (None where unknown), and keep any other field.
 PROVENANCE_FIELDS = (
     "label",

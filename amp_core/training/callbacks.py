@@ -13,6 +13,7 @@ event says when the copy has landed, and only then are the values published.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,8 +21,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
-from torch.amp.grad_scaler import OptState
 
+from amp_core.training import scaler_state
 from amp_core.training.skip_probe import SkipLedgerProbe
 
 FP16_PRECISIONS = ("16", "16-mixed", "16_true")
@@ -192,7 +193,9 @@ class LossScaleMonitor(Callback):
             rank_zero_warn(
                 "LossScaleMonitor follows automatic optimization; with manual optimization it records nothing."
             )
-        self._has_scaler = get_scaler(trainer) is not None
+        scaler = get_scaler(trainer)
+        scaler_state.check_scaler(scaler)  # loud if a torch release renamed what the steps below read
+        self._has_scaler = scaler_state.is_enabled(scaler)
         self._cuda = trainer.strategy.root_device.type == "cuda"
         if self.flush_every is None:
             self.flush_every = 20 if self._cuda else 1
@@ -241,10 +244,9 @@ class LossScaleMonitor(Callback):
             )  # no inf, no NaN, no parameter
         scale = None
         unscale = torch.ones((), device=device)
-        if scaler is not None and getattr(scaler, "_scale", None) is not None:
-            scale = scaler._scale.detach().clone()
-            state = scaler._per_optimizer_states.get(id(optimizer), {})
-            if state.get("stage") is not OptState.UNSCALED:
+        if (scale_now := scaler_state.scale_tensor(scaler)) is not None:
+            scale = scale_now.detach().clone()
+            if not scaler_state.unscaled(scaler, optimizer):
                 unscale = scale  # a fused optimizer unscales inside step(): these gradients are still scaled
         step = trainer.global_step
         if self.histogram_every and grads and step % self.histogram_every == 0:
@@ -274,9 +276,10 @@ class LossScaleMonitor(Callback):
         scaler = get_scaler(trainer)
         nan = torch.full((), float("nan"), device=device)
         if pending["scale"] is not None:
-            skipped = (scaler._scale < pending["scale"]).float()
-            tracker = scaler._growth_tracker.float() if scaler._growth_tracker is not None else nan
-            scale, scale_after = pending["scale"], scaler._scale.float().reshape(())
+            scale_now, tracker_now = scaler_state.scale_tensor(scaler), scaler_state.growth_tracker(scaler)
+            skipped = (scale_now < pending["scale"]).float()
+            tracker = tracker_now.float() if tracker_now is not None else nan
+            scale, scale_after = pending["scale"], scale_now.float().reshape(())
         else:
             scale, skipped, tracker, scale_after = nan, torch.zeros((), device=device), nan, nan
         self._steps.append(pending["step"])
@@ -343,11 +346,17 @@ class LossScaleMonitor(Callback):
         self._ledger.detach()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # Whatever was measured before a failure or a stop is still worth keeping.
+        # Whatever was measured before a failure or a stop is still worth keeping; if keeping it fails
+        # too, the run's own exception is the one that propagates, and this one is said beside it.
         try:
             self.on_train_end(trainer, pl_module)
-        except Exception:
-            pass
+        except Exception as e:
+            warnings.warn(
+                f"LossScaleMonitor: the steps measured before the run's {type(exception).__name__} could not all "
+                f"be published: {type(e).__name__}: {e}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 class InjectOverflow(Callback):
