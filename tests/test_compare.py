@@ -23,6 +23,7 @@ from amp_core.analysis import compare, compare_figures, compare_summary
 from amp_core.record import RunWriter, list_runs, load_run
 from amp_core.training import memory
 from amp_core.training.cli import ConfigError, RunConfig, config_from_args, run, step_timing
+from tests.support.records import write_record
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "amp_core.compare: error:"
@@ -238,13 +239,15 @@ def fake_run(
         "seed": 0,
         "lr": 1e-3,
     }
-    w = RunWriter.create(runs_dir, config, label=precision)
-    w.append_metrics([{"step": i, "loss": loss + (3 - i), "skipped": i < skipped} for i in range(4)])
-    w.close()
     memory = {"cuda_peak_mib": memory} if gpu else {"run_memory_mib": memory, "run_memory_method": "sampled"}
-    w.set_status(
+    made = len(list(runs_dir.iterdir())) if runs_dir.exists() else 0
+    w = write_record(
+        runs_dir,
+        config,
         state,
-        created_at=f"2026-01-01T00:00:0{len(list(runs_dir.iterdir()))}",
+        [{"step": i, "loss": loss + (3 - i), "skipped": i < skipped} for i in range(4)],
+        created_at=f"2026-01-01T00:00:0{made + 1}",
+        label=precision,
         median_step_ms=step_ms,
         timed_steps=timed,
         peak_rss_mib=999.0,

@@ -20,12 +20,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from amp_core.record import FINAL_STATES, list_runs, load_run
-from amp_core.serve import worker
-from tests.support.processes import kill_recorded_processes
+from tests.support.app import app_runs_dir
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key (40 hex digits); fake
@@ -121,21 +119,14 @@ def test_api_key_is_never_written_by_a_cli_run(tmp_path):
 @pytest.fixture
 def app_env(runs_dir, tmp_path, monkeypatch):
     """The key in the server's environment (workers inherit it); HOME, so W&B's logs land where we look."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    try:
-        yield runs_dir
-    finally:
-        st.cache_resource.clear()
-        for key, launcher in list(worker._launchers.items()):
-            launcher.close(stop_runs=True)
-            worker._launchers.pop(key, None)
-        kill_recorded_processes(runs_dir)
+    with app_runs_dir(runs_dir) as d:
+        yield d
 
 
 def _walk(node):

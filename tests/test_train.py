@@ -25,6 +25,7 @@ from amp_core.record import RunFollower, RunWriter, list_runs, load_run, request
 from amp_core.training.cli import ConfigError, RunConfig, main, run
 from amp_core.training.model import DemoMLP
 from tests.support.processes import wait_until
+from tests.support.scaler import check_scaler_rules
 
 REPO = Path(__file__).resolve().parents[1]
 HUGE = 1099511627776  # 2**40: the first fp16 steps overflow
@@ -75,27 +76,6 @@ def metrics_lines(run_dir: Path) -> list[dict]:
     text = (run_dir / "metrics.jsonl").read_text()
     assert text == "" or text.endswith("\n"), "a cut-off last line"
     return [json.loads(line) for line in text.splitlines()]
-
-
-def check_scaler_rules(scale, skipped, tracker, init_scale, growth_interval, growth=2.0, backoff=0.5):
-    """The GradScaler's contract step by step (scale the step ran at; growth tracker after its update)."""
-    assert scale[0] == init_scale
-    k = np.log2(np.asarray(scale) / init_scale)
-    assert np.all(k == np.round(k)), "a scale that is not init_scale * 2**k"
-    clean_run = 0
-    for i in range(len(scale)):
-        if skipped[i]:
-            clean_run, expected = 0, scale[i] * backoff
-            assert tracker[i] == 0
-        else:
-            clean_run += 1
-            if clean_run == growth_interval:
-                clean_run, expected = 0, scale[i] * growth
-            else:
-                expected = scale[i]
-            assert tracker[i] == clean_run, f"step {i}: tracker {tracker[i]} != {clean_run}"
-        if i + 1 < len(scale):
-            assert scale[i + 1] == expected, f"step {i + 1}: scale {scale[i + 1]} != {expected}"
 
 
 def check_ended(status: dict, state: str) -> None:

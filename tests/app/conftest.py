@@ -6,24 +6,17 @@ import json
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from amp_core.serve import worker
+from tests.support.app import app_runs_dir
 from tests.support.interaction import report_lines
-from tests.support.processes import kill_recorded_processes
 
 
 @pytest.fixture
 def app_env(runs_dir):
     """A clean runs dir per test; the process-wide launcher and cached resources go with it."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    yield runs_dir
-    st.cache_resource.clear()
-    for key, launcher in list(worker._launchers.items()):
-        launcher.close(stop_runs=True)
-        worker._launchers.pop(key, None)
-    kill_recorded_processes(runs_dir)  # whatever a closed launcher could not stop in time
+    with app_runs_dir(runs_dir) as d:
+        yield d
 
 
 def pytest_terminal_summary(terminalreporter):

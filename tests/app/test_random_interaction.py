@@ -31,7 +31,7 @@ from streamlit.testing.v1 import AppTest
 
 from amp_core.precision import lightning_precision_values
 from amp_core.record import ACTIVE_STATES, list_runs, load_run
-from amp_core.serve import worker
+from tests.support.app import existing_launcher
 from tests.support.interaction import JUNK_LINK, REPORT, draw_link, exception_texts, random_session
 from tests.support.processes import memory_capped_python
 from tests.support.records import RecordSet, copy_record_set, make_record_set
@@ -118,7 +118,7 @@ def page_runs(app_env, record_set, tmp_path, monkeypatch) -> RecordSet:
 
 def stop_started_runs(records: RecordSet) -> None:
     """Stop (as a user presses Stop) every run a sequence started; the launcher kills one that lingers."""
-    launcher = worker._launchers.get(records.path.resolve())
+    launcher = existing_launcher(records.path)
     if launcher is None:
         return
     for run in list_runs(records.path):

@@ -3,5 +3,7 @@
 - `processes`: wait_until, read_status, dead_pid, and killers for the training processes a test started.
 - `records`: a runs folder of real run records (completed, failed, stopped, interrupted, queued,
   damaged, multi-rank, a comparison), made by short `python -m amp_core.train` runs.
+- `app`: a runs folder for the app under test, and closing the launchers and caches after it.
+- `scaler`: the GradScaler's contract, checked step by step against a record.
 - `interaction`: random widget actions on a Streamlit AppTest, as a browser user would take them.
 """

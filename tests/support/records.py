@@ -50,6 +50,31 @@ class RecordSet:
         return self.ids[kind]
 
 
+CREATED_AT = "2024-01-01T00:00:00.000+00:00"
+
+
+def write_record(
+    runs_dir: Path,
+    config: dict | None = None,
+    status: str | None = "completed",
+    rows=(),
+    created_at: str = CREATED_AT,
+    label: str = "run",
+    **status_fields,
+) -> RunWriter:
+    """A run record written through RunWriter, without training: config.json (precision 16-mixed unless
+    `config` says otherwise), status.json in state `status` with `status_fields` (None: no status.json),
+    and the metric `rows`."""
+    writer = RunWriter.create(
+        runs_dir, {"precision": "16-mixed", "created_at": created_at, **(config or {})}, label=label
+    )
+    if status is not None:
+        writer.set_status(status, created_at=created_at, **status_fields)
+    writer.append_metrics(list(rows))
+    writer.close()
+    return writer
+
+
 def child_env() -> dict:
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
