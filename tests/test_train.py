@@ -22,6 +22,7 @@ import torch
 
 import amp_core.training.model
 from amp_core.record import RunFollower, RunWriter, list_runs, load_run, request_stop, stop_requested, summarize
+from amp_core.training import run_loop
 from amp_core.training.cli import ConfigError, RunConfig, main, run
 from amp_core.training.model import DemoMLP
 from tests.support.processes import wait_until
@@ -329,6 +330,25 @@ def test_in_process_run_without_a_scaler(runs_dir, precision):
     assert np.isnan(r.metrics.loss_scale).all() and r.skipped_steps == 0 and r.final_loss_scale is None
     s = summarize(r)
     assert s["steps"] == 10 and s["max_steps"] == 10 and s["skipped"] == 0 and s["accelerator"] == "cpu"
+
+
+@pytest.mark.parametrize("before", [None, "/a/run/folder/of/the/caller"])
+def test_the_run_dir_variable_names_the_run_while_it_trains_and_is_put_back(runs_dir, monkeypatch, before):
+    seen = []
+    fit = run_loop.fit
+
+    def recording_fit(*args, **kwargs):
+        seen.append(os.environ.get(run_loop.RUN_DIR_ENV))  # what the processes Lightning launches inherit
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(run_loop, "fit", recording_fit)
+    if before is None:
+        monkeypatch.delenv(run_loop.RUN_DIR_ENV, raising=False)
+    else:
+        monkeypatch.setenv(run_loop.RUN_DIR_ENV, before)
+    writer = run(small_config(runs_dir, precision="32-true", max_steps=2))
+    assert load_run(writer.path).state == "completed" and seen == [str(writer.path)]
+    assert os.environ.get(run_loop.RUN_DIR_ENV) == before
 
 
 def test_in_process_fp16_into_a_queued_record(runs_dir):
