@@ -588,7 +588,7 @@ def test_without_clear_refs_it_samples(tmp_path, monkeypatch):
 def test_a_clear_refs_that_takes_the_write_but_resets_nothing_is_not_trusted(tmp_path, monkeypatch):
     block = _touch(64)  # raise the high-water mark, then give the memory back
     del block
-    assert memory._status_kib("VmHWM") - memory._status_kib("VmRSS") > memory.RESET_SLACK_KIB
+    assert memory.status_kib("VmHWM") - memory.status_kib("VmRSS") > memory.RESET_SLACK_KIB
     monkeypatch.setattr(
         memory, "CLEAR_REFS", tmp_path / "clear_refs"
     )  # a plain file: the write succeeds, the mark stays
