@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from amp_core.record import (
 )
 from amp_core.serve.worker import Launcher
 from amp_core.training.cli import RunConfig, run
+from tests.support.cli import run_cli
 from tests.support.processes import dead_pid, kill_recorded_processes, read_status, wait_until
 from tests.support.records import write_record
 
@@ -346,26 +345,7 @@ def test_wandb_not_installed_cli(tmp_path):
         "OMP_NUM_THREADS": "1",
         "HOME": str(tmp_path),
     }
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "amp_core.train",
-            "--wandb",
-            "offline",
-            "--max-steps",
-            "20",
-            "--hidden",
-            "32",
-            "--batch-size",
-            "16",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run_cli("amp_core.train", "--wandb offline --max-steps 20 --hidden 32 --batch-size 16".split(), env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("completed: 20 steps")
     (record,) = list_runs(runs)

@@ -13,8 +13,6 @@ import base64
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -24,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from amp_core.record import FINAL_STATES, list_runs, load_run
 from tests.support.app import app_runs_dir
+from tests.support.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key (40 hex digits); fake
@@ -79,24 +78,8 @@ def test_api_key_is_never_written_by_a_cli_run(tmp_path):
         "OMP_NUM_THREADS": "1",
         "WANDB_BASE_URL": "http://127.0.0.1:9",  # should anything try the network, it reaches nothing
     }
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "amp_core.train",
-            "--wandb",
-            "offline",
-            "--max-steps",
-            "20",
-            "--hidden",
-            "32",
-            "--batch-size",
-            "16",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        timeout=300,
+    out = run_cli(
+        "amp_core.train", "--wandb offline --max-steps 20 --hidden 32 --batch-size 16".split(), env, text=False
     )
     assert out.returncode == 0, out.stderr[-3000:]
     (record,) = list_runs(runs)

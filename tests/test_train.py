@@ -6,14 +6,10 @@ does not need a separate process calls `main()` or `run()` directly.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import threading
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +21,13 @@ from amp_core.record import RunFollower, RunWriter, list_runs, load_run, request
 from amp_core.training import run_loop
 from amp_core.training.cli import ConfigError, RunConfig, main, run
 from amp_core.training.model import DemoMLP
+from tests.support.cli import PREFIX, check_ended, metrics_lines, only_run, start_cli
 from tests.support.processes import wait_until
 from tests.support.scaler import check_scaler_rules
 
 REPO = Path(__file__).resolve().parents[1]
 HUGE = 1099511627776  # 2**40: the first fp16 steps overflow
 GROWTH_INTERVAL = 10
-PREFIX = "amp_core.train: error:"
 SMALL = [
     "--hidden",
     "32",
@@ -40,50 +36,6 @@ SMALL = [
     "--accelerator",
     "cpu",
 ]  # a fast model for runs that are not about the scale
-
-
-def cli_env(runs_dir: Path, **extra: str) -> dict:
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "AMP_RUNS_DIR": str(runs_dir),
-        "PYTHONPATH": str(REPO),
-    }
-    env.pop("WANDB_API_KEY", None)
-    env.update(extra)
-    return env
-
-
-def start_cli(args: list[str], runs_dir: Path, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "amp_core.train", *args],
-        cwd=REPO,
-        env=cli_env(runs_dir, **extra),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def only_run(runs_dir: Path):
-    runs = list_runs(runs_dir)
-    assert len(runs) == 1, [r.id for r in runs]
-    return runs[0]
-
-
-def metrics_lines(run_dir: Path) -> list[dict]:
-    """Every line of metrics.jsonl, which must all be valid JSON objects."""
-    text = (run_dir / "metrics.jsonl").read_text()
-    assert text == "" or text.endswith("\n"), "a cut-off last line"
-    return [json.loads(line) for line in text.splitlines()]
-
-
-def check_ended(status: dict, state: str) -> None:
-    assert status["state"] == state
-    started, ended = datetime.fromisoformat(status["started_at"]), datetime.fromisoformat(status["ended_at"])
-    assert started <= ended
-    assert isinstance(status["pid"], int) and status["host"]
 
 
 # ---------------------------------------------------------------- CLI runs, started together

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import PREFIX, cli_env, only_run
 
 from amp_core.record import RunWriter, list_runs, load_run
 from amp_core.training.cli import main, run
 from amp_core.training.config import RunConfig
 from amp_core.training.workloads import user_models_allowed
+from tests.support.cli import PREFIX, cli_env, only_run
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "tests" / "user_models"

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import cli_env, metrics_lines, only_run, start_cli
 
 from amp_core.training import config as cfg
 from amp_core.training.cli import config_from_args, parser
 from amp_core.training.config import RULES, ConfigError, RunConfig, widget_bounds, workload_settings
 from amp_core.training.workloads import WORKLOADS, workload_of
+from tests.support.cli import cli_env, metrics_lines, only_run, start_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
