@@ -14,11 +14,11 @@ import time
 import pytest
 import torch
 
-from amp_core.record import FINAL_STATES, METRICS_FILE, load_run
+from amp_core.record import METRICS_FILE, load_run
 from amp_core.serve.worker import Launcher
 from amp_core.training.cli import RunConfig
 from amp_core.training.sync_check import MONITOR_STEP_HOOKS, HostSyncCounter, count_monitor_syncs
-from tests.support.processes import read_status
+from tests.support.processes import read_status, wait_final
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -78,12 +78,7 @@ def test_a_real_cuda_oom_fails_its_run_and_the_next_run_completes(runs_dir):
     launcher = Launcher(runs_dir, cuda_devices=torch.cuda.device_count())
     try:
         oom, after = launcher.submit(big), launcher.submit(small)
-        deadline = time.monotonic() + 2 * RUN_TIMEOUT
-        while not all(load_run(runs_dir / i).state in FINAL_STATES for i in (oom, after)):
-            assert time.monotonic() < deadline, (
-                f"gave up waiting: {read_status(runs_dir / oom)} {read_status(runs_dir / after)}"
-            )
-            time.sleep(0.5)
+        wait_final(runs_dir / oom, 2 * RUN_TIMEOUT), wait_final(runs_dir / after, 2 * RUN_TIMEOUT)
         failed, done = read_status(runs_dir / oom), read_status(runs_dir / after)
         assert failed["state"] == "failed", failed
         assert failed["error"].startswith("OutOfMemoryError: CUDA out of memory"), failed["error"]

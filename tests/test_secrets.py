@@ -13,16 +13,16 @@ import base64
 import json
 import os
 import re
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from amp_core.record import FINAL_STATES, list_runs, load_run
+from amp_core.record import list_runs
 from tests.support.app import app_runs_dir
 from tests.support.cli import run_cli
+from tests.support.processes import wait_final
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key (40 hex digits); fake
@@ -138,10 +138,7 @@ def test_api_key_is_never_shown_or_written_by_the_app(app_env, tmp_path):
     at.run()
     assert not at.exception
     (run,) = list_runs(app_env)
-    deadline = time.monotonic() + TIMEOUT
-    while load_run(run.path).state not in FINAL_STATES and time.monotonic() < deadline:
-        time.sleep(0.3)
-    run = load_run(run.path)
+    run = wait_final(run.path, TIMEOUT)
     assert run.state == "completed" and len(run.metrics) == 25
     assert any((run.path / "wandb").glob("offline-run-*/*.wandb")), (
         "W&B did not write its offline run: nothing was checked"
