@@ -35,12 +35,14 @@ from typing import Any
 __all__ = [
     "InvalidPrecisionError",
     "PrecisionResolution",
+    "clear_cache",
     "compute_effective_precision",
     "format_table",
     "lightning_precision_values",
     "normalize_precision",
     "requested_precision_values",
     "resolve_precision",
+    "shown",
     "truth_table",
 ]
 
@@ -84,11 +86,13 @@ def requested_precision_values() -> tuple:
     return lightning_precision_values() + get_args(_PRECISION_INPUT_INT)
 
 
-def _shown(value) -> str:
+def shown(value: Any, limit: int = 200) -> str:
+    """repr() for an error message: never raises (an int of over 4300 digits has no repr) and stays short."""
     try:
-        return repr(value)
+        text = repr(value)
     except ValueError:
-        return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def normalize_precision(value) -> str:
@@ -105,7 +109,7 @@ def normalize_precision(value) -> str:
             message = str(err)
             if "Allowed precision values" not in message:  # Lightning's own repr() failed (an int of over 4300 digits)
                 message = (
-                    f"Precision {_shown(value)} is invalid. Allowed precision values: {requested_precision_values()}"
+                    f"Precision {shown(value)} is invalid. Allowed precision values: {requested_precision_values()}"
                 )
             raise InvalidPrecisionError(message) from err
     if unified is None:
@@ -332,6 +336,12 @@ def _resolve(requested, use_amp: bool | None, cuda_available: bool, use_gpu: boo
         accelerator=accelerator,
         **_ask_lightning(rule_precision, accelerator),
     )
+
+
+def clear_cache() -> None:
+    """Forget Lightning's answers, so the next resolution asks it again (a cold start, as in a new server)."""
+    _resolve.cache_clear()
+    _ask_lightning.cache_clear()
 
 
 def resolve_precision(requested, use_amp=None, cuda_available=False, use_gpu=False) -> PrecisionResolution:

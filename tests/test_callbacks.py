@@ -29,6 +29,7 @@ from amp_core.training.callbacks import FP16_PRECISIONS, AmpWandbCallback, LossS
 from amp_core.training.model import DemoMLP, synthetic_loader
 from tests.support.cuda import sync_checked
 from tests.support.loggers import MemoryLogger
+from tests.support.scaler import check_scaler_rules
 
 HUGE_SCALE = 2.0**40  # the first ~20 fp16 steps overflow at this scale
 GROWTH_INTERVAL = 5
@@ -114,34 +115,6 @@ def columns(records: list[tuple[int, dict]]) -> dict[str, np.ndarray]:
     for k in keys:
         out[k] = np.array([m.get(k, np.nan) for _, m in records], dtype=float)
     return out
-
-
-def check_scaler_rules(scale, skipped, tracker, init_scale, growth_interval, growth=2.0, backoff=0.5):
-    """The GradScaler's contract, step by step: `scale` is the scale a step ran at, `tracker` the growth
-    tracker after that step's update(). Raises AssertionError on the first step that breaks it."""
-    n = len(scale)
-    assert n > 1
-    assert scale[0] == init_scale
-    k = np.log2(scale / init_scale)
-    assert np.all(k == np.round(k)), f"a scale that is not init_scale * 2**k: {scale[k != np.round(k)]}"
-    run = 0  # consecutive clean steps so far
-    for i in range(n):
-        if skipped[i]:
-            run = 0
-            assert tracker[i] == 0, f"step {i}: skipped but growth tracker {tracker[i]}"
-            expected_next = scale[i] * backoff
-        else:
-            run += 1
-            if run == growth_interval:
-                run = 0
-                expected_next = scale[i] * growth
-            else:
-                expected_next = scale[i]
-            assert tracker[i] == run, f"step {i}: growth tracker {tracker[i]}, expected {run}"
-        if i + 1 < n:
-            assert scale[i + 1] == expected_next, (
-                f"step {i + 1}: scale {scale[i + 1]}, expected {expected_next} (step {i} skipped={skipped[i]})"
-            )
 
 
 # ---------------------------------------------------------------- the seed contract: AmpWandbCallback

@@ -23,6 +23,7 @@ from amp_core.analysis import compare, compare_figures, compare_summary
 from amp_core.record import RunWriter, list_runs, load_run
 from amp_core.training import memory
 from amp_core.training.cli import ConfigError, RunConfig, config_from_args, run, step_timing
+from tests.support.records import write_record
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "amp_core.compare: error:"
@@ -238,13 +239,15 @@ def fake_run(
         "seed": 0,
         "lr": 1e-3,
     }
-    w = RunWriter.create(runs_dir, config, label=precision)
-    w.append_metrics([{"step": i, "loss": loss + (3 - i), "skipped": i < skipped} for i in range(4)])
-    w.close()
     memory = {"cuda_peak_mib": memory} if gpu else {"run_memory_mib": memory, "run_memory_method": "sampled"}
-    w.set_status(
+    made = len(list(runs_dir.iterdir())) if runs_dir.exists() else 0
+    w = write_record(
+        runs_dir,
+        config,
         state,
-        created_at=f"2026-01-01T00:00:0{len(list(runs_dir.iterdir()))}",
+        [{"step": i, "loss": loss + (3 - i), "skipped": i < skipped} for i in range(4)],
+        created_at=f"2026-01-01T00:00:0{made + 1}",
+        label=precision,
         median_step_ms=step_ms,
         timed_steps=timed,
         peak_rss_mib=999.0,
@@ -585,7 +588,7 @@ def test_without_clear_refs_it_samples(tmp_path, monkeypatch):
 def test_a_clear_refs_that_takes_the_write_but_resets_nothing_is_not_trusted(tmp_path, monkeypatch):
     block = _touch(64)  # raise the high-water mark, then give the memory back
     del block
-    assert memory._status_kib("VmHWM") - memory._status_kib("VmRSS") > memory.RESET_SLACK_KIB
+    assert memory.status_kib("VmHWM") - memory.status_kib("VmRSS") > memory.RESET_SLACK_KIB
     monkeypatch.setattr(
         memory, "CLEAR_REFS", tmp_path / "clear_refs"
     )  # a plain file: the write succeeds, the mark stays

@@ -8,17 +8,17 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
 import pytest
 import torch
 
-from amp_core.record import FINAL_STATES, METRICS_FILE, STATUS_FILE, load_run
+from amp_core.record import METRICS_FILE, load_run
 from amp_core.serve.launcher import Launcher
 from amp_core.training.cli import RunConfig
 from amp_core.training.sync_check import MONITOR_STEP_HOOKS, HostSyncCounter, count_monitor_syncs
+from tests.support.processes import read_status, wait_final
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -58,13 +58,6 @@ def test_monitor_makes_no_host_sync_per_step(precision, tmp_path):
     assert result["syncs_per_step"] == 0
 
 
-def _status(path) -> dict:
-    try:
-        return json.loads((path / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def test_a_real_cuda_oom_fails_its_run_and_the_next_run_completes(runs_dir):
     total = torch.cuda.get_device_properties(0).total_memory
     # Linear and GELU each keep their input for the backward pass: 2 fp32 tensors of batch x hidden per layer.
@@ -85,13 +78,8 @@ def test_a_real_cuda_oom_fails_its_run_and_the_next_run_completes(runs_dir):
     launcher = Launcher(runs_dir, cuda_devices=torch.cuda.device_count())
     try:
         oom, after = launcher.submit(big), launcher.submit(small)
-        deadline = time.monotonic() + 2 * RUN_TIMEOUT
-        while not all(load_run(runs_dir / i).state in FINAL_STATES for i in (oom, after)):
-            assert time.monotonic() < deadline, (
-                f"gave up waiting: {_status(runs_dir / oom)} {_status(runs_dir / after)}"
-            )
-            time.sleep(0.5)
-        failed, done = _status(runs_dir / oom), _status(runs_dir / after)
+        wait_final(runs_dir / oom, 2 * RUN_TIMEOUT), wait_final(runs_dir / after, 2 * RUN_TIMEOUT)
+        failed, done = read_status(runs_dir / oom), read_status(runs_dir / after)
         assert failed["state"] == "failed", failed
         assert failed["error"].startswith("OutOfMemoryError: CUDA out of memory"), failed["error"]
         assert "injected" not in failed["error"] and failed.get("ended_at")

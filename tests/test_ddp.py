@@ -1,49 +1,22 @@
 """Multi-process runs through Lightning's own DDP launcher, on CPU with gloo."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from amp_core.record import RunMetrics, list_runs, load_rank_scales, ranks_agree
 from amp_core.serve.launcher import Launcher
 from amp_core.training.cli import ConfigError, RunConfig
+from tests.support.cli import cli_env, run_cli
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("ddp")
-    env = dict(os.environ, WANDB_MODE="offline")
-    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "AMP_RUN_DIR"):
-        env.pop(key, None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "amp_core.train",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "2",
-        "--strategy",
-        "ddp",
-        "--precision",
-        "16-mixed",
-        "--init-scale",
-        str(2.0**40),
-        "--growth-interval",
-        "5",
-        "--max-steps",
-        "30",
-        "--hidden",
-        "64",
-        "--wandb",
-        "disabled",
-        "--runs-dir",
-        str(runs),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    flags = (
+        f"--accelerator cpu --devices 2 --strategy ddp --precision 16-mixed --init-scale {2.0**40} "
+        "--growth-interval 5 --max-steps 30 --hidden 64 --wandb disabled"
+    )
+    out = run_cli("amp_core.train", [*flags.split(), "--runs-dir", str(runs)], env=cli_env())
     assert out.returncode == 0, out.stderr[-3000:]
     return runs, out
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -43,7 +41,9 @@ from amp_core.record import (
 )
 from amp_core.serve.launcher import Launcher
 from amp_core.training.cli import RunConfig, run
+from tests.support.cli import run_cli
 from tests.support.processes import dead_pid, kill_recorded_processes, read_status, wait_until
+from tests.support.records import write_record
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 240  # a cold worker imports torch and Lightning; this machine may be busy
@@ -250,13 +250,9 @@ def test_server_restart_while_a_run_trains_and_another_waits(launchers, runs_dir
 # ---------------------------------------------------------------- a damaged runs folder
 
 
-def _record(runs: Path, label: str, status: str | None = "completed", lines: int = 3) -> Path:
-    writer = RunWriter.create(runs, {"precision": "16-mixed", "max_steps": 10}, label=label)
-    if status:
-        writer.set_status(status, created_at="2024-01-01T00:00:00.000+00:00")
-    writer.append_metrics([{"step": i, "loss": 2.0, "loss_scale": 1024.0, "skipped": False} for i in range(lines)])
-    writer.close()
-    return writer.path
+def _record(runs: Path, label: str, status: str | None = "completed") -> Path:
+    rows = [{"step": i, "loss": 2.0, "loss_scale": 1024.0, "skipped": False} for i in range(3)]
+    return write_record(runs, {"max_steps": 10}, status, rows, label=label).path
 
 
 def test_a_damaged_runs_dir_is_listed_and_flagged_never_raised(tmp_path):
@@ -349,26 +345,7 @@ def test_wandb_not_installed_cli(tmp_path):
         "OMP_NUM_THREADS": "1",
         "HOME": str(tmp_path),
     }
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "amp_core.train",
-            "--wandb",
-            "offline",
-            "--max-steps",
-            "20",
-            "--hidden",
-            "32",
-            "--batch-size",
-            "16",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run_cli("amp_core.train", "--wandb offline --max-steps 20 --hidden 32 --batch-size 16".split(), env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("completed: 20 steps")
     (record,) = list_runs(runs)

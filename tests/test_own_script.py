@@ -9,11 +9,11 @@ import time
 
 import pytest
 import pytorch_lightning as pl
-from test_train import check_ended, cli_env, only_run
 
 from amp_core import LossScaleMonitor, RunRecordLogger, fp16_mixed
 from amp_core.record import RunFollower, RunWriter, list_runs, load_run, request_stop
 from amp_core.training.model import DemoMLP, synthetic_loader
+from tests.support.cli import check_ended, cli_env, only_run
 from tests.support.readme import readme_script
 
 

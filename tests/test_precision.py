@@ -275,8 +275,7 @@ def test_truth_table_cold_from_many_threads_matches_warm():
     from amp_core import precision
 
     warm = truth_table()
-    precision._resolve.cache_clear()
-    precision._ask_lightning.cache_clear()
+    precision.clear_cache()
     results = [None] * 6
 
     def build(i):

@@ -2,7 +2,7 @@
 
 - the resolver: resolve_precision gives a PrecisionResolution or InvalidPrecisionError listing the allowed values;
 - the run configuration: RunConfig(**fields).validate() gives a valid config or a one-line ConfigError, and makes nothing;
-- the CLI: config_from_args(argv) gives a valid config or a one-line ConfigError/_ArgumentError; a sample of the
+- the CLI: config_from_args(argv) gives a valid config or a one-line ConfigError/UsageError; a sample of the
   invalid argvs through `python -m amp_core.train`: exit 2, one stderr line, no traceback, no folder;
 - run ids: run_path(runs_dir, anything) is a folder directly inside runs_dir or a RunRecordError.
 
@@ -36,7 +36,7 @@ from amp_core.precision import (
 )
 from amp_core.record import RunRecordError, RunWriter, run_path
 from amp_core.training import cli as train
-from amp_core.training.cli import ConfigError, RunConfig, _ArgumentError, config_from_args
+from amp_core.training.cli import ConfigError, RunConfig, UsageError, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = 1000
@@ -463,11 +463,11 @@ def test_cli_arguments_give_a_config_or_one_line(tmp_path, monkeypatch):
         counts["tried"] += 1
         try:
             c = config_from_args(argv)
-        except (ConfigError, _ArgumentError) as e:
+        except (ConfigError, UsageError) as e:
             counts[type(e).__name__] += 1
             assert one_line(str(e)), repr(str(e))[:300]
             words = str(e).split()
-            key = f"{type(e).__name__}: {' '.join(words[:2] if isinstance(e, _ArgumentError) else words[:1])}"
+            key = f"{type(e).__name__}: {' '.join(words[:2] if isinstance(e, UsageError) else words[:1])}"
             if _subprocess_safe(argv) and len(invalid.setdefault(key, [])) < 3:
                 invalid[key].append(argv)
             return
@@ -479,7 +479,7 @@ def test_cli_arguments_give_a_config_or_one_line(tmp_path, monkeypatch):
     check()
     report("config_from_args (CLI, in-process)", counts)
     print(f"[hypothesis] in-process part: {time.perf_counter() - started:.1f} s")
-    assert counts["valid"] >= 20 and counts["ConfigError"] >= 50 and counts["_ArgumentError"] >= 50
+    assert counts["valid"] >= 20 and counts["ConfigError"] >= 50 and counts["UsageError"] >= 50
     assert not runs.exists() and set(os.listdir(work)) <= {".hypothesis"}
 
     # A sample of 30 invalid argvs, spread over the kinds of error, through the real CLI. An argv that parses
@@ -488,7 +488,7 @@ def test_cli_arguments_give_a_config_or_one_line(tmp_path, monkeypatch):
     def spread(keys: list[str], n: int) -> list[list[str]]:
         return [invalid[k][i] for i in range(3) for k in keys if i < len(invalid[k])][:n]
 
-    while_parsing = sorted(k for k in invalid if k.startswith("_ArgumentError") or k.split(": ", 1)[1].startswith("--"))
+    while_parsing = sorted(k for k in invalid if k.startswith("UsageError") or k.split(": ", 1)[1].startswith("--"))
     in_validate = sorted(set(invalid) - set(while_parsing))
     late = spread(in_validate, 5)
     sample = spread(while_parsing, 30 - len(late)) + late

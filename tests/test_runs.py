@@ -35,6 +35,7 @@ from amp_core.record import (
     summarize,
 )
 from tests.support.processes import dead_pid
+from tests.support.records import write_record
 
 
 def row(step: int, scale: float | None = 1024.0, skipped: bool = False, loss: float | None = 2.0) -> dict:
@@ -47,19 +48,6 @@ def row(step: int, scale: float | None = 1024.0, skipped: bool = False, loss: fl
         "growth_tracker": 0 if skipped else 1,
         "time": 1.0,
     }
-
-
-def make_run(
-    runs_dir, config=None, status="completed", rows=(), created_at="2024-01-01T00:00:00.000+00:00", label="run"
-) -> RunWriter:
-    writer = RunWriter.create(
-        runs_dir, {"precision": "16-mixed", "created_at": created_at, **(config or {})}, label=label
-    )
-    if status is not None:
-        writer.set_status(status, created_at=created_at)
-    writer.append_metrics(list(rows))
-    writer.close()
-    return writer
 
 
 # ---------------------------------------------------------------- RunWriter
@@ -217,7 +205,7 @@ def test_stop_request_round_trip(tmp_path):
 
 def test_load_run_reads_a_complete_record(tmp_path):
     rows = [row(0, 65536.0, True, 2.5), row(1, 32768.0, False, 2.4), {**row(2, None, False, None), "grad_norm": None}]
-    w = make_run(
+    w = write_record(
         tmp_path, rows=rows, config={"precision_resolved": "16-mixed", "max_steps": 3, "accelerator_resolved": "cpu"}
     )
     run = load_run(w.path)
@@ -238,7 +226,7 @@ def test_load_run_reads_a_complete_record(tmp_path):
 
 
 def test_summarize_fields(tmp_path):
-    w = make_run(
+    w = write_record(
         tmp_path,
         rows=[row(0, 1024.0, True, 2.5), row(1, 512.0, False, 2.25)],
         config={"precision_resolved": "bf16-mixed", "accelerator_resolved": "cpu", "max_steps": 10},
@@ -259,17 +247,17 @@ def test_summarize_fields(tmp_path):
         "recording": False,
         "provenance": "",
     }
-    empty = summarize(load_run(make_run(tmp_path, rows=[], config={"max_steps": "many"}).path))
+    empty = summarize(load_run(write_record(tmp_path, rows=[], config={"max_steps": "many"}).path))
     assert empty["steps"] == 0 and empty["final_loss"] is None and empty["final_loss_scale"] is None
     assert empty["max_steps"] is None and empty["skipped"] == 0 and empty["precision"] == "16-mixed"
-    nan_loss = summarize(load_run(make_run(tmp_path, rows=[row(0, None, False, None)]).path))
+    nan_loss = summarize(load_run(write_record(tmp_path, rows=[row(0, None, False, None)]).path))
     assert nan_loss["final_loss"] is None and nan_loss["final_loss_scale"] is None
 
 
 def test_list_runs_newest_first_ignoring_what_is_not_a_run(tmp_path):
-    old = make_run(tmp_path, created_at="2024-01-01T00:00:00.000+00:00", label="old")
-    new = make_run(tmp_path, created_at="2024-06-01T00:00:00.000+00:00", label="new")
-    mid = make_run(tmp_path, created_at="2024-03-01T00:00:00.000+00:00", label="mid")
+    old = write_record(tmp_path, created_at="2024-01-01T00:00:00.000+00:00", label="old")
+    new = write_record(tmp_path, created_at="2024-06-01T00:00:00.000+00:00", label="new")
+    mid = write_record(tmp_path, created_at="2024-03-01T00:00:00.000+00:00", label="mid")
     (tmp_path / "notes.txt").write_text("not a run")
     (tmp_path / "empty-folder").mkdir()  # no record files
     (tmp_path / ".hidden").mkdir()
@@ -283,26 +271,26 @@ def test_list_runs_newest_first_ignoring_what_is_not_a_run(tmp_path):
 
 
 def test_list_runs_defaults_to_the_env_runs_dir(runs_dir):
-    w = make_run(runs_dir)
+    w = write_record(runs_dir)
     assert [r.id for r in list_runs()] == [w.id]
 
 
 def test_damaged_records_are_reported_not_raised(tmp_path):
     good = [json.dumps(row(0)), json.dumps(row(1))]
 
-    truncated = make_run(tmp_path, label="truncated")
+    truncated = write_record(tmp_path, label="truncated")
     (truncated.path / METRICS_FILE).write_text("\n".join(good) + '\n{"step": 2, "lo')
-    invalid = make_run(tmp_path, label="invalid")
+    invalid = write_record(tmp_path, label="invalid")
     (invalid.path / METRICS_FILE).write_text(
         good[0] + "\nnot json at all\n" + good[1] + '\n["a list"]\n{"no_step": 1}\n'
     )
-    no_status = make_run(tmp_path, status=None, label="nostatus")
+    no_status = write_record(tmp_path, status=None, label="nostatus")
     (no_status.path / METRICS_FILE).write_text(good[0] + "\n")
-    non_object = make_run(tmp_path, label="nonobject")
+    non_object = write_record(tmp_path, label="nonobject")
     (non_object.path / STATUS_FILE).write_text("[1, 2]")
-    bad_config = make_run(tmp_path, label="badconfig")
+    bad_config = write_record(tmp_path, label="badconfig")
     (bad_config.path / CONFIG_FILE).write_text("{not json")
-    no_metrics = make_run(tmp_path, label="nometrics")
+    no_metrics = write_record(tmp_path, label="nometrics")
     (no_metrics.path / METRICS_FILE).unlink()
 
     runs = {r.id: r for r in list_runs(tmp_path)}
@@ -333,7 +321,7 @@ def test_damaged_records_are_reported_not_raised(tmp_path):
 
 
 def test_a_running_record_with_a_partial_line_is_not_damaged(tmp_path):
-    w = make_run(tmp_path, status="running")
+    w = write_record(tmp_path, status="running")
     RunWriter.open(w.path).set_status("running", pid=os.getpid())
     (w.path / METRICS_FILE).write_text(json.dumps(row(0)) + '\n{"step": 1, "lo')
     r = load_run(w.path)
@@ -364,7 +352,7 @@ def test_a_running_record_whose_process_died_is_failed(tmp_path):
     assert effective_state({"state": "completed", "pid": pid}) == "completed"  # only 'running' is second-guessed
     assert effective_state({}) == "unknown" and effective_state({"state": 3}) == "unknown"
 
-    w = make_run(tmp_path, status="running")
+    w = write_record(tmp_path, status="running")
     RunWriter.open(w.path).set_status("running", pid=pid)
     run = load_run(w.path)
     assert run.state == "failed"

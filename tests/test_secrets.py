@@ -13,19 +13,16 @@ import base64
 import json
 import os
 import re
-import subprocess
-import sys
-import time
 import tomllib
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from amp_core.record import FINAL_STATES, list_runs, load_run
-from amp_core.serve.launcher import close_launchers
-from tests.support.processes import kill_recorded_processes
+from amp_core.record import list_runs
+from tests.support.app import app_runs_dir
+from tests.support.cli import run_cli
+from tests.support.processes import wait_final
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key (40 hex digits); fake
@@ -81,24 +78,8 @@ def test_api_key_is_never_written_by_a_cli_run(tmp_path):
         "OMP_NUM_THREADS": "1",
         "WANDB_BASE_URL": "http://127.0.0.1:9",  # should anything try the network, it reaches nothing
     }
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "amp_core.train",
-            "--wandb",
-            "offline",
-            "--max-steps",
-            "20",
-            "--hidden",
-            "32",
-            "--batch-size",
-            "16",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        timeout=300,
+    out = run_cli(
+        "amp_core.train", "--wandb offline --max-steps 20 --hidden 32 --batch-size 16".split(), env, text=False
     )
     assert out.returncode == 0, out.stderr[-3000:]
     (record,) = list_runs(runs)
@@ -121,19 +102,14 @@ def test_api_key_is_never_written_by_a_cli_run(tmp_path):
 @pytest.fixture
 def app_env(runs_dir, tmp_path, monkeypatch):
     """The key in the server's environment (workers inherit it); HOME, so W&B's logs land where we look."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    try:
-        yield runs_dir
-    finally:
-        st.cache_resource.clear()
-        close_launchers(stop_runs=True)
-        kill_recorded_processes(runs_dir)
+    with app_runs_dir(runs_dir) as d:
+        yield d
 
 
 def _walk(node):
@@ -162,10 +138,7 @@ def test_api_key_is_never_shown_or_written_by_the_app(app_env, tmp_path):
     at.run()
     assert not at.exception
     (run,) = list_runs(app_env)
-    deadline = time.monotonic() + TIMEOUT
-    while load_run(run.path).state not in FINAL_STATES and time.monotonic() < deadline:
-        time.sleep(0.3)
-    run = load_run(run.path)
+    run = wait_final(run.path, TIMEOUT)
     assert run.state == "completed" and len(run.metrics) == 25
     assert any((run.path / "wandb").glob("offline-run-*/*.wandb")), (
         "W&B did not write its offline run: nothing was checked"

@@ -6,14 +6,10 @@ does not need a separate process calls `main()` or `run()` directly.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import threading
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +18,16 @@ import torch
 
 import amp_core.training.model
 from amp_core.record import RunFollower, RunWriter, list_runs, load_run, request_stop, stop_requested, summarize
+from amp_core.training import run_loop
 from amp_core.training.cli import ConfigError, RunConfig, main, run
 from amp_core.training.model import DemoMLP
+from tests.support.cli import PREFIX, check_ended, metrics_lines, only_run, start_cli
 from tests.support.processes import wait_until
+from tests.support.scaler import check_scaler_rules
 
 REPO = Path(__file__).resolve().parents[1]
 HUGE = 1099511627776  # 2**40: the first fp16 steps overflow
 GROWTH_INTERVAL = 10
-PREFIX = "amp_core.train: error:"
 SMALL = [
     "--hidden",
     "32",
@@ -38,71 +36,6 @@ SMALL = [
     "--accelerator",
     "cpu",
 ]  # a fast model for runs that are not about the scale
-
-
-def cli_env(runs_dir: Path, **extra: str) -> dict:
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "AMP_RUNS_DIR": str(runs_dir),
-        "PYTHONPATH": str(REPO),
-    }
-    env.pop("WANDB_API_KEY", None)
-    env.update(extra)
-    return env
-
-
-def start_cli(args: list[str], runs_dir: Path, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "amp_core.train", *args],
-        cwd=REPO,
-        env=cli_env(runs_dir, **extra),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def only_run(runs_dir: Path):
-    runs = list_runs(runs_dir)
-    assert len(runs) == 1, [r.id for r in runs]
-    return runs[0]
-
-
-def metrics_lines(run_dir: Path) -> list[dict]:
-    """Every line of metrics.jsonl, which must all be valid JSON objects."""
-    text = (run_dir / "metrics.jsonl").read_text()
-    assert text == "" or text.endswith("\n"), "a cut-off last line"
-    return [json.loads(line) for line in text.splitlines()]
-
-
-def check_scaler_rules(scale, skipped, tracker, init_scale, growth_interval, growth=2.0, backoff=0.5):
-    """The GradScaler's contract step by step (scale the step ran at; growth tracker after its update)."""
-    assert scale[0] == init_scale
-    k = np.log2(np.asarray(scale) / init_scale)
-    assert np.all(k == np.round(k)), "a scale that is not init_scale * 2**k"
-    clean_run = 0
-    for i in range(len(scale)):
-        if skipped[i]:
-            clean_run, expected = 0, scale[i] * backoff
-            assert tracker[i] == 0
-        else:
-            clean_run += 1
-            if clean_run == growth_interval:
-                clean_run, expected = 0, scale[i] * growth
-            else:
-                expected = scale[i]
-            assert tracker[i] == clean_run, f"step {i}: tracker {tracker[i]} != {clean_run}"
-        if i + 1 < len(scale):
-            assert scale[i + 1] == expected, f"step {i + 1}: scale {scale[i + 1]} != {expected}"
-
-
-def check_ended(status: dict, state: str) -> None:
-    assert status["state"] == state
-    started, ended = datetime.fromisoformat(status["started_at"]), datetime.fromisoformat(status["ended_at"])
-    assert started <= ended
-    assert isinstance(status["pid"], int) and status["host"]
 
 
 # ---------------------------------------------------------------- CLI runs, started together
@@ -349,6 +282,25 @@ def test_in_process_run_without_a_scaler(runs_dir, precision):
     assert np.isnan(r.metrics.loss_scale).all() and r.skipped_steps == 0 and r.final_loss_scale is None
     s = summarize(r)
     assert s["steps"] == 10 and s["max_steps"] == 10 and s["skipped"] == 0 and s["accelerator"] == "cpu"
+
+
+@pytest.mark.parametrize("before", [None, "/a/run/folder/of/the/caller"])
+def test_the_run_dir_variable_names_the_run_while_it_trains_and_is_put_back(runs_dir, monkeypatch, before):
+    seen = []
+    fit = run_loop.fit
+
+    def recording_fit(*args, **kwargs):
+        seen.append(os.environ.get(run_loop.RUN_DIR_ENV))  # what the processes Lightning launches inherit
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(run_loop, "fit", recording_fit)
+    if before is None:
+        monkeypatch.delenv(run_loop.RUN_DIR_ENV, raising=False)
+    else:
+        monkeypatch.setenv(run_loop.RUN_DIR_ENV, before)
+    writer = run(small_config(runs_dir, precision="32-true", max_steps=2))
+    assert load_run(writer.path).state == "completed" and seen == [str(writer.path)]
+    assert os.environ.get(run_loop.RUN_DIR_ENV) == before
 
 
 def test_in_process_fp16_into_a_queued_record(runs_dir):

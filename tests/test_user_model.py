@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import PREFIX, cli_env, only_run
 
 from amp_core.record import RunWriter, list_runs, load_run
 from amp_core.training.cli import main, run
 from amp_core.training.config import RunConfig
 from amp_core.training.workloads import user_models_allowed
+from tests.support.cli import PREFIX, cli_env, only_run, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "tests" / "user_models"
@@ -203,27 +203,13 @@ def test_compare_runs_the_users_model_under_two_precisions(tmp_path):
     from amp_core.analysis.compare import group_runs
 
     runs_dir = tmp_path / "runs"
-    args = [
-        "--workload",
-        "user",
-        "--model",
-        "tiny_net:TinyRegressor",
-        "--path",
-        str(MODELS),
-        "--precisions",
-        "32-true,bf16-mixed",
-        "--max-steps",
-        "17",
-        "--accelerator",
-        "cpu",
-    ]
-    out = subprocess.run(
-        [sys.executable, "-m", "amp_core.compare", *args, "--runs-dir", str(runs_dir)],
-        cwd=tmp_path,
+    args = ["--workload", "user", "--model", "tiny_net:TinyRegressor", "--path", str(MODELS)]
+    args += "--precisions 32-true,bf16-mixed --max-steps 17 --accelerator cpu".split()
+    out = run_cli(
+        "amp_core.compare",
+        [*args, "--runs-dir", str(runs_dir)],
         env=cli_env(runs_dir, OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])

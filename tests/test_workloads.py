@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import cli_env, metrics_lines, only_run, start_cli
 
 from amp_core.training import config as cfg
 from amp_core.training.cli import config_from_args, parser
 from amp_core.training.config import RULES, ConfigError, RunConfig, widget_bounds, workload_settings
 from amp_core.training.workloads import WORKLOADS, workload_of
+from tests.support.cli import cli_env, metrics_lines, only_run, run_cli, start_cli
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_GPT = "--workload gpt --layers 1 --heads 2 --width 32 --context 16".split()
 
 
 @pytest.fixture(scope="module")
@@ -28,22 +29,7 @@ def cli_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("workloads")
     jobs = {
         "mlp": ["--workload", "mlp", "--hidden", "32", "--batch-size", "16"],
-        "gpt": [
-            "--workload",
-            "gpt",
-            "--layers",
-            "1",
-            "--heads",
-            "2",
-            "--width",
-            "32",
-            "--context",
-            "16",
-            "--batch-size",
-            "8",
-            "--histogram-every",
-            "5",
-        ],
+        "gpt": [*TINY_GPT, "--batch-size", "8", "--histogram-every", "5"],
     }
     procs = {
         name: start_cli(
@@ -199,34 +185,8 @@ def test_compare_passes_the_workload_through(tmp_path):
     from amp_core.analysis.compare import group_runs
 
     runs_dir = tmp_path / "runs"
-    args = [
-        "--workload",
-        "gpt",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--width",
-        "32",
-        "--context",
-        "16",
-        "--batch-size",
-        "4",
-        "--precisions",
-        "32-true",
-        "--max-steps",
-        "17",
-        "--accelerator",
-        "cpu",
-    ]
-    out = subprocess.run(
-        [sys.executable, "-m", "amp_core.compare", *args, "--runs-dir", str(runs_dir)],
-        cwd=REPO,
-        env=cli_env(runs_dir, OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = [*TINY_GPT, *"--batch-size 4 --precisions 32-true --max-steps 17 --accelerator cpu".split()]
+    out = run_cli("amp_core.compare", [*args, "--runs-dir", str(runs_dir)], env=cli_env(runs_dir, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     (run,) = group_runs(runs_dir, summary["group"])

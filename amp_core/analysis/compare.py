@@ -83,15 +83,6 @@ WORKLOAD_FLAGS = ("workload", "layers", "heads", "width", "context", "model", "d
 TRAIN_FLAGS += WORKLOAD_FLAGS
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
-        raise _ArgumentError(message)
-
-
 def new_group_id() -> str:
     return f"cmp-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
@@ -162,7 +153,9 @@ def train_argv(config: Any) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    from amp_core.training.cli import OneLineParser
+
+    p = OneLineParser(
         prog="python -m amp_core.compare",
         description="The same model, data and seed under several precisions, side by side.",
     )
@@ -199,7 +192,7 @@ def _child_env() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from amp_core.training.cli import ConfigError, resolve_accelerator
+    from amp_core.training.cli import ConfigError, UsageError, resolve_accelerator
 
     def error(message: str) -> int:
         print(f"amp_core.compare: error: {message}", file=sys.stderr)
@@ -225,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             runs_dir=args.runs_dir or str(default_runs_dir()),
             **{name: getattr(args, name) for name in WORKLOAD_FLAGS if getattr(args, name) is not None},
         )
-    except (ConfigError, _ArgumentError) as e:
+    except (ConfigError, UsageError) as e:
         return error(str(e))
 
     group, runs_dir = configs[0].compare_group, configs[0].runs_dir

@@ -229,29 +229,7 @@ def number_line_figure(gradient: float | None = None, loss_scale: float | None =
     lo = np.log2(np.array([f.smallest_subnormal for f in fmts]))
     mid = np.log2(np.array([f.smallest_normal for f in fmts]))
     hi = np.log2(np.array([f.max for f in fmts]))
-    fig = go.Figure()
-    for i, f in enumerate(fmts):
-        fig.add_trace(
-            go.Bar(
-                orientation="h",
-                y=np.array([f.name, f.name]),
-                base=np.array([lo[i], mid[i]]),
-                x=np.array([mid[i] - lo[i], hi[i] - mid[i]]),
-                name=f.name,
-                showlegend=False,
-                marker=dict(color="#636efa", opacity=np.array([SUBNORMAL_OPACITY, NORMAL_OPACITY])),
-                customdata=np.array(
-                    [
-                        [lo[i], mid[i], f.smallest_subnormal, f.smallest_normal],
-                        [mid[i], hi[i], f.smallest_normal, f.max],
-                    ]
-                ),
-                text=np.array(["subnormal", "normal"]),
-                textposition="none",
-                hovertemplate=f"{f.name} %{{text}}: 2<sup>%{{customdata[0]:.2f}}</sup> (%{{customdata[2]:.3g}}) "
-                "to 2<sup>%{customdata[1]:.2f}</sup> (%{customdata[3]:.3g})<extra></extra>",
-            )
-        )
+    fig = go.Figure([_range_bar(f, lo[i], mid[i], hi[i]) for i, f in enumerate(fmts)])
     points = [] if gradient is None else [("|gradient|", abs(gradient))]
     if gradient is not None and loss_scale is not None:
         points.append((f"|gradient| × loss scale {loss_scale:g}", abs(gradient) * abs(loss_scale)))
@@ -260,27 +238,56 @@ def number_line_figure(gradient: float | None = None, loss_scale: float | None =
         if not (math.isfinite(v) and v > 0):
             notes.append(f"<b>{label}</b> = {v:g}: no place on a log2 axis")
             continue
-        rows = round_to_formats(v)
-        x = math.log2(v)
-        left, right = min(left, x), max(right, x)
-        fig.add_trace(
-            go.Scatter(
-                x=np.full(len(fmts), x),
-                y=np.array([f.name for f in fmts]),
-                mode="markers",
-                name=label,
-                marker=dict(
-                    color=color,
-                    size=12,
-                    line=dict(width=2, color=color),
-                    symbol=np.array([MARKER_SYMBOLS[r["verdict"]] for r in rows]),
-                ),
-                text=np.array([f"{r['verdict']}: {r['result']:.4g}" for r in rows]),
-                hovertemplate=f"{label} = {v:.4g} in %{{y}}: %{{text}}<extra></extra>",
-            )
+        left, right = min(left, math.log2(v)), max(right, math.log2(v))
+        notes.append(_mark_value(fig, fmts, label, v, color))
+    _lay_out_number_line(fig, notes, left, right, len(fmts))
+    return fig
+
+
+def _range_bar(f: Format, lo: float, mid: float, hi: float) -> go.Bar:
+    """One format's subnormal and normal ranges as two overlaid horizontal bars."""
+    return go.Bar(
+        orientation="h",
+        y=np.array([f.name, f.name]),
+        base=np.array([lo, mid]),
+        x=np.array([mid - lo, hi - mid]),
+        name=f.name,
+        showlegend=False,
+        marker=dict(color="#636efa", opacity=np.array([SUBNORMAL_OPACITY, NORMAL_OPACITY])),
+        customdata=np.array([[lo, mid, f.smallest_subnormal, f.smallest_normal], [mid, hi, f.smallest_normal, f.max]]),
+        text=np.array(["subnormal", "normal"]),
+        textposition="none",
+        hovertemplate=f"{f.name} %{{text}}: 2<sup>%{{customdata[0]:.2f}}</sup> (%{{customdata[2]:.3g}}) "
+        "to 2<sup>%{customdata[1]:.2f}</sup> (%{customdata[3]:.3g})<extra></extra>",
+    )
+
+
+def _mark_value(fig: go.Figure, fmts: tuple[Format, ...], label: str, v: float, color: str) -> str:
+    """Mark `v` on every format's line (its symbol says what the format makes of it); returns the note."""
+    rows = round_to_formats(v)
+    x = math.log2(v)
+    fig.add_trace(
+        go.Scatter(
+            x=np.full(len(fmts), x),
+            y=np.array([f.name for f in fmts]),
+            mode="markers",
+            name=label,
+            marker=dict(
+                color=color,
+                size=12,
+                line=dict(width=2, color=color),
+                symbol=np.array([MARKER_SYMBOLS[r["verdict"]] for r in rows]),
+            ),
+            text=np.array([f"{r['verdict']}: {r['result']:.4g}" for r in rows]),
+            hovertemplate=f"{label} = {v:.4g} in %{{y}}: %{{text}}<extra></extra>",
         )
-        fig.add_vline(x=x, line=dict(color=color, dash="dot", width=1))
-        notes.append(_where_it_fits(label, v, rows))
+    )
+    fig.add_vline(x=x, line=dict(color=color, dash="dot", width=1))
+    return _where_it_fits(label, v, rows)
+
+
+def _lay_out_number_line(fig: go.Figure, notes: list[str], left: float, right: float, n_formats: int) -> None:
+    """The notes above the plot, a log2 axis over [left, right] with margin, room for every line."""
     for k, text in enumerate(notes):
         fig.add_annotation(
             text=text,
@@ -304,9 +311,8 @@ def number_line_figure(gradient: float | None = None, loss_scale: float | None =
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(
         barmode="overlay",
-        height=90 + 50 * len(fmts) + 40 * len(notes),
+        height=90 + 50 * n_formats + 40 * len(notes),
         margin=dict(l=90, r=20, t=30 + 40 * len(notes), b=50),
         legend=dict(orientation="h", y=-0.25),
         title=None,
     )
-    return fig

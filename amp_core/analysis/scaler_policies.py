@@ -15,6 +15,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from amp_core.analysis.gradients import FP16_MAX
+
+
+def step_through(init_scale: float, overflow_at, next_scale) -> tuple[np.ndarray, np.ndarray]:
+    """The scale each step runs at and whether it overflows there, one step after another:
+    `overflow_at(step, scale)` says whether the step overflows, `next_scale(step, scale, over)` is the
+    policy's rule for the scale of the next step."""
+    scale, scales, skipped = float(init_scale), [], []
+    for step in range(len(overflow_at.grad_max)):
+        over = overflow_at(step, scale)
+        scales.append(scale)
+        skipped.append(over)
+        scale = next_scale(step, scale, over)
+    return np.array(scales), np.array(skipped)
+
 
 @dataclass(frozen=True)
 class TorchGradScalerPolicy:
@@ -26,21 +41,20 @@ class TorchGradScalerPolicy:
     growth_interval: int = 2000
 
     def run(self, overflow_at) -> tuple[np.ndarray, np.ndarray]:
-        scale, tracker = float(self.init_scale), 0
-        scales, skipped = [], []
-        for step in range(len(overflow_at.grad_max)):
-            scales.append(scale)
-            over = overflow_at(step, scale)
-            skipped.append(over)
+        tracker = 0  # clean steps since the last growth or backoff
+
+        def next_scale(step: int, scale: float, over: bool) -> float:
+            nonlocal tracker
             if over:
-                scale *= self.backoff_factor
                 tracker = 0
-            else:
-                tracker += 1
-                if tracker == self.growth_interval:
-                    scale *= self.growth_factor
-                    tracker = 0
-        return np.array(scales), np.array(skipped)
+                return scale * self.backoff_factor
+            tracker += 1
+            if tracker == self.growth_interval:
+                tracker = 0
+                return scale * self.growth_factor
+            return scale
+
+        return step_through(self.init_scale, overflow_at, next_scale)
 
 
 @dataclass(frozen=True)
@@ -55,22 +69,22 @@ class HysteresisPolicy:
     min_scale: float = 1.0
 
     def run(self, overflow_at) -> tuple[np.ndarray, np.ndarray]:
-        scale, left, last_overflow = float(self.init_scale), self.hysteresis, -1
-        scales, skipped = [], []
-        for step in range(len(overflow_at.grad_max)):
-            scales.append(scale)
-            over = overflow_at(step, scale)
-            skipped.append(over)
+        left, last_overflow = self.hysteresis, -1  # overflows still tolerated; the last step that overflowed
+
+        def next_scale(step: int, scale: float, over: bool) -> float:
+            nonlocal left, last_overflow
             if over:
-                if left <= 1:
-                    scale = max(scale / self.scale_factor, self.min_scale)
-                else:
-                    left -= 1
                 last_overflow = step
-            elif (step - last_overflow) % self.scale_window == 0:
+                if left <= 1:
+                    return max(scale / self.scale_factor, self.min_scale)
+                left -= 1
+                return scale
+            if (step - last_overflow) % self.scale_window == 0:
                 left = self.hysteresis
-                scale *= self.scale_factor
-        return np.array(scales), np.array(skipped)
+                return scale * self.scale_factor
+            return scale
+
+        return step_through(self.init_scale, overflow_at, next_scale)
 
 
 class OverflowModel:
@@ -85,8 +99,6 @@ class OverflowModel:
     step's g * S in the first `calibrate_share` of the run, so that the rest of the run is an honest
     check of the estimate (see `replay_own_policy`).
     """
-
-    FP16_MAX = 65504.0
 
     def __init__(self, grad_max, scales, skipped, forced: tuple[int, ...] = (), calibrate_share: float = 0.5):
         g = np.asarray(grad_max, dtype=np.float64).copy()
@@ -107,7 +119,7 @@ class OverflowModel:
         head = known & (np.arange(n) < max(1, int(n * calibrate_share)))
         clean_products = g[head] * self.recorded_scale[head]
         self.threshold = float(
-            max(self.FP16_MAX, np.nextafter(clean_products.max(), np.inf) if clean_products.size else 0.0)
+            max(FP16_MAX, np.nextafter(clean_products.max(), np.inf) if clean_products.size else 0.0)
         )
 
     def __call__(self, step: int, scale: float) -> bool:

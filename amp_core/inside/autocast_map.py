@@ -25,13 +25,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from amp_core.analysis.gradients import FP16_MAX
 from amp_core.training.workloads import WORKLOADS
 
 PRECISIONS = ("16-mixed", "bf16-mixed", "32-true")
 DEVICES = ("cpu", "cuda")
 SIXTEEN_BIT = ("float16", "bfloat16")
 # log2 of the largest finite value of each 16-bit format (65504 for fp16), for the headroom column.
-MAX_LOG2 = {"float16": math.log2(65504.0), "bfloat16": math.log2(3.3895313892515355e38)}
+MAX_LOG2 = {"float16": math.log2(FP16_MAX), "bfloat16": math.log2(3.3895313892515355e38)}
 NEAR_OVERFLOW_LOG2 = 4  # a 16-bit output within 2**4 of the format's largest value is marked
 CAST_OPS = ("_to_copy",)
 # Shared run settings a map depends on; each workload adds its own (amp_core.training.config.workload_settings).
@@ -118,6 +119,41 @@ def plugin_for(precision: str, device: str = "cpu", init_scale: float = 2.0**16)
 
 def take(workload: str = "mlp", precision: str = "16-mixed", device: str = "cpu", **settings: Any) -> dict[str, Any]:
     """Take the map in this process (imports torch and Lightning). Raises MapError for bad settings."""
+    import torch
+
+    from amp_core.inside.backward_underflow import MagnitudeCounter
+    from amp_core.inside.op_recorder import record_step
+
+    config, plugin, info, built = _build_for_map(workload, precision, device, settings)
+    model, batch = built.module, first_batch(built)
+    at_run_scale = MagnitudeCounter()
+    step = record_step(model, batch, plugin, device=device, magnitudes=at_run_scale)
+    underflow = {"run_scale": {"scale": step["loss_scale"] or 1.0, "by_dtype": at_run_scale.by_dtype}}
+    if getattr(plugin, "scaler", None) is not None:
+        at_one = MagnitudeCounter()
+        record_step(model, batch, plugin, device=device, magnitudes=at_one, loss_scale=1.0)
+        underflow["scale_1"] = {"scale": 1.0, "by_dtype": at_one.by_dtype}
+    cpu_name = f"CPU ({torch.backends.cpu.get_cpu_capability()})"
+    return {
+        "workload": workload,
+        "precision": config.precision,
+        "precision_plugin": type(plugin).__name__,
+        "autocast_dtype": info["autocast_dtype"],
+        "amp_path": info["path"],
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu_name,
+        "torch": torch.__version__,
+        "settings": {name: getattr(config, name) for name in map_settings(workload)},
+        "loss": step["loss"],
+        "loss_scale": step["loss_scale"],
+        "ops": step["ops"],
+        "underflow": underflow,
+    }
+
+
+def _build_for_map(workload: str, precision: str, device: str, settings: dict[str, Any]) -> tuple[Any, Any, dict, Any]:
+    """The checked RunConfig, the precision plugin and its description, and the workload (seeded);
+    MapError with one line for anything that cannot be mapped."""
     from amp_core.training.cli import ConfigError, RunConfig
 
     if workload not in WORKLOADS:
@@ -127,9 +163,6 @@ def take(workload: str = "mlp", precision: str = "16-mixed", device: str = "cpu"
     import pytorch_lightning as pl
     import torch
 
-    from amp_core.inside.backward_underflow import MagnitudeCounter
-    from amp_core.inside.op_recorder import record_step
-
     if device == "cuda" and not torch.cuda.is_available():
         raise MapError("device 'cuda' needs a CUDA GPU, and torch.cuda.is_available() is False here; use --device cpu")
     from amp_core.training.config import defaults_for
@@ -137,46 +170,16 @@ def take(workload: str = "mlp", precision: str = "16-mixed", device: str = "cpu"
     values = {k: v for k, v in settings.items() if v is not None and k in map_settings(workload)}
     if problem := size_problem(workload, values, device):
         raise MapError(problem)
+    accelerator = "gpu" if device == "cuda" else "cpu"
     try:
-        config = RunConfig(
-            **{
-                **defaults_for(workload),
-                **values,
-                "precision": precision,
-                "accelerator": "gpu" if device == "cuda" else "cpu",
-            }
-        ).validate()
+        config = RunConfig(**{**defaults_for(workload), **values, "precision": precision, "accelerator": accelerator})
+        config.validate()
         plugin, info = plugin_for(config.precision, device, config.init_scale)
         pl.seed_everything(config.seed, verbose=False)
         built = WORKLOADS[workload].build(config)  # a user model's import or build error is a ConfigError line
     except ConfigError as e:
         raise MapError(str(e)) from None
-    values = {name: getattr(config, name) for name in map_settings(workload)}
-    model, batch = built.module, first_batch(built)
-    at_run_scale = MagnitudeCounter()
-    step = record_step(model, batch, plugin, device=device, magnitudes=at_run_scale)
-    underflow = {"run_scale": {"scale": step["loss_scale"] or 1.0, "by_dtype": at_run_scale.by_dtype}}
-    if getattr(plugin, "scaler", None) is not None:
-        at_one = MagnitudeCounter()
-        record_step(model, batch, plugin, device=device, magnitudes=at_one, loss_scale=1.0)
-        underflow["scale_1"] = {"scale": 1.0, "by_dtype": at_one.by_dtype}
-    return {
-        "workload": workload,
-        "precision": config.precision,
-        "precision_plugin": type(plugin).__name__,
-        "autocast_dtype": info["autocast_dtype"],
-        "amp_path": info["path"],
-        "device": device,
-        "device_name": torch.cuda.get_device_name()
-        if device == "cuda"
-        else f"CPU ({torch.backends.cpu.get_cpu_capability()})",
-        "torch": torch.__version__,
-        "settings": values,
-        "loss": step["loss"],
-        "loss_scale": step["loss_scale"],
-        "ops": step["ops"],
-        "underflow": underflow,
-    }
+    return config, plugin, info, built
 
 
 # ---------------------------------------------------------------- reading a map (plain Python)

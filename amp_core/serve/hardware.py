@@ -17,32 +17,14 @@ from typing import Any
 
 
 def describe() -> dict[str, Any]:
-    """The facts, computed in this process (imports torch)."""
+    """The facts, computed in this process (imports torch): the run record's `hardware` facts
+    (amp_core.training.run_facts, the same keys), torch's version and every CUDA device."""
     import torch
 
-    facts: dict[str, Any] = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-        "cuda_available": torch.cuda.is_available(),
-        "devices": [],
-        "cpu_bf16_autocast": True,
-        "cpu_fp16_autocast": True,
-    }
-    for i in range(torch.cuda.device_count() if facts["cuda_available"] else 0):
-        major, minor = torch.cuda.get_device_capability(i)
-        props = torch.cuda.get_device_properties(i)
-        facts["devices"].append(
-            {
-                "index": i,
-                "name": torch.cuda.get_device_name(i),
-                "compute_capability": f"{major}.{minor}",
-                "memory_gib": round(props.total_memory / 2**30, 1),
-                # bf16 arithmetic needs Ampere (8.0) or newer; fp16 tensor cores need Volta (7.0).
-                "bf16": major >= 8,
-                "fp16_tensor_cores": major >= 7,
-            }
-        )
+    from amp_core.training.run_facts import gpu_facts, hardware_facts
+
+    facts: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), **hardware_facts()}
+    facts["devices"] = [{"index": i, **gpu_facts(i)} for i in range(torch.cuda.device_count() if facts["cuda"] else 0)]
     return facts
 
 
@@ -60,11 +42,11 @@ def probe(timeout: float = 60.0) -> dict[str, Any]:
     except subprocess.CalledProcessError as e:
         return {
             "error": (e.stderr or "").strip().splitlines()[-1:] or [f"exit code {e.returncode}"],
-            "cuda_available": False,
+            "cuda": False,
             "devices": [],
         }
     except (OSError, ValueError, subprocess.TimeoutExpired) as e:
-        return {"error": f"{type(e).__name__}: {e}", "cuda_available": False, "devices": []}
+        return {"error": f"{type(e).__name__}: {e}", "cuda": False, "devices": []}
 
 
 def summary_lines(facts: dict[str, Any]) -> list[str]:
@@ -81,8 +63,8 @@ def summary_lines(facts: dict[str, Any]) -> list[str]:
     lines = []
     for d in facts["devices"]:
         lines.append(
-            f"GPU {d['index']}: {d['name']} (compute capability {d['compute_capability']}, {d['memory_gib']} GiB); "
-            f"bf16 {'supported' if d['bf16'] else 'not supported (needs compute capability 8.0+)'}; "
+            f"GPU {d['index']}: {d['device_name']} (compute capability {d['compute_capability']}, {d['memory_gib']} GiB); "
+            f"bf16 {'supported' if d['bf16_supported'] else 'not supported (needs compute capability 8.0+)'}; "
             f"fp16 tensor cores {'yes' if d['fp16_tensor_cores'] else 'no'}."
         )
     return lines

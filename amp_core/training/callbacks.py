@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import math
 import time
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -22,8 +23,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
-from torch.amp.grad_scaler import OptState
 
+from amp_core.training import scaler_state
 from amp_core.training.skip_probe import SkipLedgerProbe
 
 FP16_PRECISIONS = ("16", "16-mixed", "16_true")
@@ -201,7 +202,9 @@ class LossScaleMonitor(Callback):
             rank_zero_warn(
                 "LossScaleMonitor follows automatic optimization; with manual optimization it records nothing."
             )
-        self._has_scaler = get_scaler(trainer) is not None
+        scaler = get_scaler(trainer)
+        scaler_state.check_scaler(scaler)  # loud if a torch release renamed what the steps below read
+        self._has_scaler = scaler_state.is_enabled(scaler)
         self._device = trainer.strategy.root_device
         self._cuda = self._device.type == "cuda"
         # made once: per step, every small tensor made on the CPU costs a few microseconds of dispatch
@@ -256,10 +259,9 @@ class LossScaleMonitor(Callback):
             norms, norm, gmax = torch.zeros(0, device=self._device), self._zero, self._zero
         scale = None
         unscale = None
-        if scaler is not None and getattr(scaler, "_scale", None) is not None:
-            scale = scaler._scale.detach().clone()
-            state = scaler._per_optimizer_states.get(id(optimizer), {})
-            if state.get("stage") is not OptState.UNSCALED:
+        if (scale_now := scaler_state.scale_tensor(scaler)) is not None:
+            scale = scale_now.detach().clone()
+            if not scaler_state.unscaled(scaler, optimizer):
                 unscale = scale  # a fused optimizer unscales inside step(): these gradients are still scaled
         step = trainer.global_step
         if self.histogram_every and grads and step % self.histogram_every == 0:
@@ -302,9 +304,10 @@ class LossScaleMonitor(Callback):
         scaler = get_scaler(trainer)
         nan = self._nan
         if pending["scale"] is not None:
-            skipped = (scaler._scale < pending["scale"]).float()
-            tracker = scaler._growth_tracker.float() if scaler._growth_tracker is not None else nan
-            scale, scale_after = pending["scale"], scaler._scale.float().reshape(())
+            scale_now, tracker_now = scaler_state.scale_tensor(scaler), scaler_state.growth_tracker(scaler)
+            skipped = (scale_now < pending["scale"]).float()
+            tracker = tracker_now.float() if tracker_now is not None else nan
+            scale, scale_after = pending["scale"], scale_now.float().reshape(())
         else:
             scale, skipped, tracker, scale_after = nan, self._zero, nan, nan
         self._steps.append(pending["step"])
@@ -405,11 +408,17 @@ class LossScaleMonitor(Callback):
         self._ledger.detach()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # Whatever was measured before a failure or a stop is still worth keeping.
+        # Whatever was measured before a failure or a stop is still worth keeping; if keeping it fails
+        # too, the run's own exception is the one that propagates, and this one is said beside it.
         try:
             self.on_train_end(trainer, pl_module)
-        except Exception:
-            pass
+        except Exception as e:
+            warnings.warn(
+                f"LossScaleMonitor: the steps measured before the run's {type(exception).__name__} could not all "
+                f"be published: {type(e).__name__}: {e}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 class InjectOverflow(Callback):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from amp_core.record import RunRecordError, default_runs_dir
 from amp_core.training.config import (  # noqa: F401  (re-exported)
@@ -29,7 +29,6 @@ from amp_core.training.config import (  # noqa: F401  (re-exported)
     WANDB_MODES,
     ConfigError,
     RunConfig,
-    _shown,
     defaults_for,
 )
 from amp_core.training.workloads import WORKLOADS
@@ -48,8 +47,8 @@ _LAZY = {  # the names this module had before the split, loaded on use (they imp
     "cpu_amp_flags": "amp_core.training.run_facts",
     "step_timing": "amp_core.training.run_facts",
     "peak_memory": "amp_core.training.run_facts",
-    "StepTimer": "amp_core.training.run_facts",
-    "StopOnRequest": "amp_core.training.run_facts",
+    "StepTimer": "amp_core.training.run_callbacks",
+    "StopOnRequest": "amp_core.training.run_callbacks",
     "wandb_credentials_present": "amp_core.training.wandb_logger",
 }
 
@@ -69,14 +68,27 @@ def run(config: RunConfig, writer: Any = None) -> Any:
     return run_once(config, writer)
 
 
+class UsageError(Exception):
+    """Arguments argparse refused (an unknown flag, a flag without its value); the message is one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser that raises UsageError with one printable line instead of printing the usage
+    and exiting (the CLIs print it as their one-line refusal; tests and callers can catch it)."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse quotes the user's arguments: a line break (or other control character) in one is escaped.
+        raise UsageError("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> OneLineParser:
     """One flag per rule; values stay strings here and are typed by `config_from_args`."""
     d = RunConfig()
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m amp_core.train",
         description="One short mixed-precision training run, recorded for AMP Explorer.",
     )
@@ -98,16 +110,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
-        # argparse quotes the user's arguments: a line break (or other control character) in one is escaped.
-        raise _ArgumentError("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
-
-
 def _typed(name: str, value: Any, kind: str) -> Any:
     if not isinstance(value, str) or kind not in ("int", "float"):
         return value
@@ -118,9 +120,7 @@ def _typed(name: str, value: Any, kind: str) -> Any:
 
 
 def config_from_args(argv: list[str] | None) -> RunConfig:
-    p = parser()
-    p.__class__ = _Parser
-    args = p.parse_args(argv)
+    args = parser().parse_args(argv)
     values = {}
     for name, value in vars(args).items():
         if isinstance(value, list):  # argparse drops a value of '--' ("--lr=--"), leaving an empty list
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(argv)
         writer = run(config)
-    except (ConfigError, RunRecordError, _ArgumentError) as e:
+    except (ConfigError, RunRecordError, UsageError) as e:
         print(f"amp_core.train: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from amp_core.precision import shown
 from amp_core.training.workloads import WORKLOADS, valid_import_path
 
 WANDB_MODES = ("offline", "online", "disabled")
@@ -28,15 +29,6 @@ _GROUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would l
 
 class ConfigError(ValueError):
     """A run setting that cannot be used; the message is one line a user can act on."""
-
-
-def _shown(value: Any, limit: int = 200) -> str:
-    """repr() for an error message: never raises (an int of over 4300 digits has no repr) and stays short."""
-    try:
-        text = repr(value)
-    except ValueError:
-        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -123,28 +115,28 @@ class Rule:
         label = name.replace("_", "-")
         if self.kind == "choice":
             if not isinstance(value, str) or value not in self.choices:
-                raise ConfigError(f"{label} must be one of {', '.join(self.choices)}, got {_shown(value)}")
+                raise ConfigError(f"{label} must be one of {', '.join(self.choices)}, got {shown(value)}")
             return value
         if self.kind == "bool":
             if not isinstance(value, bool):
-                raise ConfigError(f"{label} must be true or false, got {_shown(value)}")
+                raise ConfigError(f"{label} must be true or false, got {shown(value)}")
             return value
         if self.kind == "text":
             if not isinstance(value, str) or "\0" in value:
-                raise ConfigError(f"{label} must be text, got {_shown(value)}")
+                raise ConfigError(f"{label} must be text, got {shown(value)}")
             return value
         kind = int if self.kind == "int" else float
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{label} must be {'an integer' if kind is int else 'a number'}, got {_shown(value)}")
+            raise ConfigError(f"{label} must be {'an integer' if kind is int else 'a number'}, got {shown(value)}")
         try:
             as_float = float(value)
         except OverflowError:  # an int too large for a float: out of every range here
             as_float = math.inf if value > 0 else -math.inf
         if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{label} must be an integer, got {_shown(value)}")
+            raise ConfigError(f"{label} must be an integer, got {shown(value)}")
         if not math.isfinite(as_float) or value < self.lo or value > self.hi or (self.lo_open and value == self.lo):
             bound = f"{'>' if self.lo_open else '>='} {self.lo:g} and <= {self.hi:g}"
-            raise ConfigError(f"{label} must be {bound}, got {_shown(value)}")
+            raise ConfigError(f"{label} must be {bound}, got {shown(value)}")
         return kind(value)
 
 
@@ -245,10 +237,10 @@ def widget_bounds(name: str, workload: str = "mlp") -> dict[str, Any]:
 
 def _check_text_fields(c: RunConfig) -> None:
     if not isinstance(c.runs_dir, str) or "\0" in c.runs_dir:
-        raise ConfigError(f"runs-dir must be a folder path, got {_shown(c.runs_dir)}")
+        raise ConfigError(f"runs-dir must be a folder path, got {shown(c.runs_dir)}")
     if not isinstance(c.compare_group, str) or (c.compare_group and not _GROUP_ID.match(c.compare_group)):
         raise ConfigError(
-            f"compare-group must be letters, digits, '.', '_' or '-' (at most 64), got {_shown(c.compare_group)}"
+            f"compare-group must be letters, digits, '.', '_' or '-' (at most 64), got {shown(c.compare_group)}"
         )
 
 
@@ -268,7 +260,7 @@ def _check_workload(c: RunConfig) -> None:
     for name in ("model", "data"):
         value = getattr(c, name)
         if value and not valid_import_path(value):
-            raise ConfigError(f"{name} must be pkg.module:attr (Python names, one ':'), got {_shown(value)}")
+            raise ConfigError(f"{name} must be pkg.module:attr (Python names, one ':'), got {shown(value)}")
 
 
 def _check_injections(c: RunConfig) -> None:
@@ -276,10 +268,10 @@ def _check_injections(c: RunConfig) -> None:
     if not isinstance(steps, (list, tuple, set, frozenset)) or not all(
         isinstance(x, int) and not isinstance(x, bool) for x in steps
     ):
-        raise ConfigError(f"inject-overflow must be a list of step numbers, got {_shown(steps)}")
+        raise ConfigError(f"inject-overflow must be a list of step numbers, got {shown(steps)}")
     if any(x < 0 or x >= c.max_steps for x in steps):
         raise ConfigError(
-            f"inject-overflow steps must be between 0 and max-steps - 1 ({c.max_steps - 1}), got {_shown(sorted(steps))}"
+            f"inject-overflow steps must be between 0 and max-steps - 1 ({c.max_steps - 1}), got {shown(sorted(steps))}"
         )
     if steps and c.precision != "16-mixed":
         raise ConfigError(
@@ -292,5 +284,5 @@ def _check_injections(c: RunConfig) -> None:
         kind, _, at = str(c.fault).partition("@") if isinstance(c.fault, str) else ("", "", "")
         if kind not in FAULTS or not re.fullmatch(r"[0-9]{1,9}", at):  # ASCII digits only: int() must read them
             raise ConfigError(
-                f"fault must be KIND@STEP with KIND one of {', '.join(FAULTS)}, e.g. nan@10; got {_shown(c.fault)}"
+                f"fault must be KIND@STEP with KIND one of {', '.join(FAULTS)}, e.g. nan@10; got {shown(c.fault)}"
             )

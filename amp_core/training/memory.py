@@ -40,7 +40,7 @@ METHODS = {
 }
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
     """A `kB` field of /proc/self/status (VmRSS, VmHWM), or None where there is none."""
     try:
         for line in STATUS.read_text().splitlines():
@@ -66,7 +66,7 @@ def reset_peak_rss() -> bool:
             f.write(RESET_PEAK_RSS)
     except OSError:  # not Linux, no /proc, or a sandbox that forbids it (EACCES, EPERM, EINVAL)
         return False
-    rss, hwm = _status_kib("VmRSS"), _status_kib("VmHWM")
+    rss, hwm = status_kib("VmRSS"), status_kib("VmHWM")
     return rss is not None and hwm is not None and hwm - rss <= RESET_SLACK_KIB
 
 
@@ -89,7 +89,7 @@ class RunMemory:
         self._result: dict | None = None
 
     def start(self) -> RunMemory:
-        self.baseline_kib = _status_kib("VmRSS")
+        self.baseline_kib = status_kib("VmRSS")
         if self.baseline_kib is None:
             return self  # nothing to read: stop() says so
         if self.requested in ("auto", "clear_refs") and reset_peak_rss():
@@ -114,7 +114,7 @@ class RunMemory:
         if self._thread is not None:
             self._thread.join()
         peak = (
-            _status_kib("VmHWM")
+            status_kib("VmHWM")
             if self.method == "clear_refs"
             else max(self._peak_kib, _statm_rss_kib() or 0)
             if self.method

@@ -1,5 +1,9 @@
 """What a run record notes about where and how it ran: hardware, versions, the trainer's precision
-path, step times and peak memory; and the two small callbacks that measure or end a run.
+path, step times and peak memory.
+
+Standard library at import (the server reaches the warm-up constants through compare_summary); torch
+is imported by the functions that ask it. The callbacks that end a run or time its steps are in
+`run_callbacks`.
 """
 
 from __future__ import annotations
@@ -10,11 +14,7 @@ import platform
 import socket
 import statistics
 import sys
-import time
-from pathlib import Path
 from typing import Any
-
-from amp_core.record import stop_requested
 
 # Step timing leaves out the first steps (allocator, autotuning, caches warming up): 10%, at least 5,
 # never more than half of the run.
@@ -35,7 +35,24 @@ def cpu_amp_flags() -> list[str]:
     return [name for name in CPU_AMP_FLAGS if name in flags]
 
 
+def gpu_facts(index: int) -> dict[str, Any]:
+    """One CUDA device: its name, compute capability, memory, and what its arithmetic units do natively."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(index)
+    return {
+        "device_name": torch.cuda.get_device_name(index),
+        "compute_capability": f"{major}.{minor}",
+        "memory_gib": round(torch.cuda.get_device_properties(index).total_memory / 2**30, 1),
+        # bf16 arithmetic needs Ampere (8.0) or newer (torch.cuda.is_bf16_supported without emulation; ROCm
+        # has it throughout); fp16 tensor cores need Volta (7.0).
+        "bf16_supported": bool(torch.version.hip) or major >= 8,
+        "fp16_tensor_cores": major >= 7,
+    }
+
+
 def hardware_facts() -> dict[str, Any]:
+    """This machine as a run record notes it: host, CPU, and the CUDA device the process uses (if any)."""
     import torch
 
     facts: dict[str, Any] = {
@@ -43,15 +60,11 @@ def hardware_facts() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.is_available(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": cpu_amp_flags(),
     }
-    facts.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_flags=cpu_amp_flags())
     if facts["cuda"]:
-        i = torch.cuda.current_device()
-        facts.update(
-            device_name=torch.cuda.get_device_name(i),
-            compute_capability=".".join(map(str, torch.cuda.get_device_capability(i))),
-            bf16_supported=torch.cuda.is_bf16_supported(),
-        )
+        facts.update(gpu_facts(torch.cuda.current_device()))
     return facts
 
 
@@ -69,6 +82,8 @@ def versions() -> dict[str, str]:
 
 def trainer_facts(trainer: Any) -> dict[str, Any]:
     """The precision the trainer resolved, its plugin and GradScaler settings, the hardware and versions."""
+    from amp_core.training import scaler_state
+
     plugin = trainer.strategy.precision_plugin
     scaler = getattr(plugin, "scaler", None)
     facts: dict[str, Any] = {
@@ -76,59 +91,8 @@ def trainer_facts(trainer: Any) -> dict[str, Any]:
         "precision_plugin": type(plugin).__name__,
         "grad_scaler": scaler is not None,
     }
-    if scaler is not None:
-        facts.update(
-            init_scale=float(scaler._init_scale),
-            growth_factor=float(scaler._growth_factor),
-            backoff_factor=float(scaler._backoff_factor),
-            growth_interval=int(scaler._growth_interval),
-        )
+    facts.update(scaler_state.settings(scaler))  # checks the scaler's internals: a run fails here, before fit
     return {**facts, "hardware": hardware_facts(), "versions": versions()}
-
-
-def StopOnRequest(run_dir: Path) -> Any:  # noqa: N802 - a callback made on demand: Lightning is imported only then
-    """Ends training at the next step once the run's stop file exists (the app's Stop, or SIGTERM)."""
-    from pytorch_lightning.callbacks import Callback
-
-    class _StopOnRequest(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if stop_requested(run_dir):
-                trainer.should_stop = True
-
-    return _StopOnRequest()
-
-
-def StepTimer(sync_cuda: bool) -> Any:  # noqa: N802
-    """Wall time of each training step: between consecutive `on_train_batch_end` calls (the first step
-    from its `on_train_batch_start`), so data loading and the loop's own work are in it.
-
-    With `sync_cuda` it waits for the GPU at each step end, else the times would be the host's launch
-    times: that is one host synchronisation per step, so a run only has this timer when it asks for
-    `time_steps` (a comparison does) and other runs keep the monitor's no-sync property.
-    """
-    import torch
-    from pytorch_lightning.callbacks import Callback
-
-    sync = torch.cuda.synchronize if sync_cuda else (lambda: None)
-
-    class _StepTimer(Callback):
-        def __init__(self) -> None:
-            self.marks: list[float] = []
-
-        @property
-        def seconds(self) -> list[float]:
-            return [b - a for a, b in zip(self.marks, self.marks[1:])]
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if not self.marks:
-                sync()
-                self.marks.append(time.perf_counter())
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            sync()
-            self.marks.append(time.perf_counter())
-
-    return _StepTimer()
 
 
 def step_timing(seconds: list[float], batch_size: int) -> dict[str, Any]:

@@ -107,7 +107,6 @@ def open_record(config: RunConfig, accelerator: str, built: Built, writer: RunWr
         writer = RunWriter.create(runs_dir, record, label=config.precision)
     else:
         writer.update_config(**record)
-    os.environ[RUN_DIR_ENV] = str(writer.path)
     writer.set_status(
         "running",
         created_at=writer._status.get("created_at", record["created_at"]),
@@ -120,7 +119,8 @@ def open_record(config: RunConfig, accelerator: str, built: Built, writer: RunWr
 
 @contextmanager
 def process_settings(config: RunConfig, writer: RunWriter) -> Iterator[None]:
-    """SIGTERM asks the run to stop, and the float32 matmul precision is the run's; both put back after."""
+    """SIGTERM asks the run to stop, the float32 matmul precision is the run's, and $AMP_RUN_DIR names its
+    folder (for the processes Lightning launches); all put back after."""
     import torch
 
     # Python handles signals only in the main thread: run() called from another thread (an in-process
@@ -132,13 +132,19 @@ def process_settings(config: RunConfig, writer: RunWriter) -> Iterator[None]:
     if own_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: request_stop(writer.path))
     matmul_before = torch.get_float32_matmul_precision()
+    run_dir_before = os.environ.get(RUN_DIR_ENV)
     try:
         torch.set_float32_matmul_precision(config.matmul_precision)  # process-wide
+        os.environ[RUN_DIR_ENV] = str(writer.path)
         yield
     finally:
         if own_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         torch.set_float32_matmul_precision(matmul_before)
+        if run_dir_before is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = run_dir_before
 
 
 def make_trainer(config: RunConfig, accelerator: str, writer: RunWriter, loggers: list) -> tuple[Any, Any, dict]:
@@ -154,7 +160,7 @@ def make_trainer(config: RunConfig, accelerator: str, writer: RunWriter, loggers
     )
     from amp_core.training.plugins import build_precision
     from amp_core.training.record_logger import RankScaleLogger, RunRecordLogger, ShareRunDir
-    from amp_core.training.run_facts import StepTimer, StopOnRequest
+    from amp_core.training.run_callbacks import StepTimer, StopOnRequest
 
     precision_kwargs, precision_info = build_precision(config, accelerator)
     timer = StepTimer(sync_cuda=accelerator == "gpu") if config.time_steps else None
@@ -217,9 +223,8 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
 
     config.validate()
     accelerator = resolve_accelerator(config.accelerator)
-    run_memory = (
-        RunMemory().start()
-    )  # before the model: its weights are the run's own (on a GPU, fit moves them into the CUDA peak)
+    # Before the model: its weights are the run's own (on a GPU, fit moves them into the CUDA peak).
+    run_memory = RunMemory().start()
     built = build_workload(config, writer)
     writer = open_record(config, accelerator, built, writer)
     wandb_logger = None
@@ -249,9 +254,8 @@ def run(config: RunConfig, writer: RunWriter | None = None) -> RunWriter:
         writer.set_status("stopped", ended_at=now_iso(), error="interrupted by the user")
     except BaseException as e:
         error = f"{type(e).__name__}: {e}".strip() + failure_hint(config.precision, e)
-        writer.set_status(
-            "failed", ended_at=now_iso(), error=error, traceback=traceback.format_exc(limit=-20)
-        )  # the innermost frames: where it failed
+        # The innermost frames of the traceback: where it failed.
+        writer.set_status("failed", ended_at=now_iso(), error=error, traceback=traceback.format_exc(limit=-20))
         raise
     finally:
         run_memory.stop()  # ends its sampling thread, if it has one

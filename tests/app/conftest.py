@@ -6,22 +6,17 @@ import json
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from amp_core.serve.launcher import close_launchers
+from tests.support.app import app_runs_dir
 from tests.support.interaction import report_lines
-from tests.support.processes import kill_recorded_processes
 
 
 @pytest.fixture
 def app_env(runs_dir):
     """A clean runs dir per test; the process-wide launcher and cached resources go with it."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    yield runs_dir
-    st.cache_resource.clear()
-    close_launchers(stop_runs=True)
-    kill_recorded_processes(runs_dir)  # whatever a closed launcher could not stop in time
+    with app_runs_dir(runs_dir) as d:
+        yield d
 
 
 def pytest_terminal_summary(terminalreporter):

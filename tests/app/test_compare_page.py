@@ -1,6 +1,5 @@
 """The Compare page through Streamlit's AppTest, against comparisons the real engine recorded."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 from amp_core.analysis import compare, compare_figures
 from amp_core.record import FINAL_STATES, list_runs, load_run
 from amp_core.training.cli import RunConfig, run
+from tests.support.processes import wait_final
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120
@@ -138,10 +138,7 @@ def test_run_comparison_queues_timed_runs_through_the_launcher(app_env, figures)
     assert sorted(r.precision for r in runs) == ["32-true", "bf16-mixed"]
     assert len({r.config["compare_group"] for r in runs}) == 1 and all(r.config["time_steps"] for r in runs)
     assert at.selectbox(key="group").value == runs[0].config["compare_group"]
-    deadline = time.monotonic() + 240
-    while not all(load_run(r.path).state in FINAL_STATES for r in runs) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert [load_run(r.path).state for r in runs] == ["completed", "completed"]
+    assert [wait_final(r.path).state for r in runs] == ["completed", "completed"]
     at.run()  # run_every does not tick in AppTest: rerun by hand
     assert not at.exception
     table = at.dataframe[0].value

@@ -1,14 +1,14 @@
 """The workload select on the Train and Compare pages (AppTest), with real runs in the worker:
 gpt, and the model file in tests/user_models (not a built-in one)."""
 
-import time
 from pathlib import Path
 
 import pytest
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from amp_core.record import list_runs, load_run
+from amp_core.record import list_runs
+from tests.support.processes import wait_final
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "tests" / "user_models"
@@ -21,13 +21,6 @@ def page(name: str) -> AppTest:
 
 def widget(items, label):
     return next(w for w in items if w.label == label)
-
-
-def wait_final(path: Path, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while load_run(path).state not in ("completed", "failed", "stopped") and time.monotonic() < deadline:
-        time.sleep(0.3)
-    return load_run(path)
 
 
 def start_train(at: AppTest, steps: int = 10) -> None:

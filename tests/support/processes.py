@@ -1,4 +1,4 @@
-"""Waiting for a condition, reading a run's status, and killing the training processes a test started."""
+"""Waiting for a condition or for a run to end, reading a run's status, and killing the training processes a test started."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from amp_core.record import STATUS_FILE
+from amp_core.record import FINAL_STATES, STATUS_FILE, Run, load_run
 
 
 def wait_until(predicate, timeout: float = 120.0, what: str = "condition", interval: float = 0.05):
@@ -27,6 +27,12 @@ def wait_until(predicate, timeout: float = 120.0, what: str = "condition", inter
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_final(run_dir: str | os.PathLike, timeout: float = 240.0) -> Run:
+    """The run's record once its state is final (completed, failed, stopped, interrupted)."""
+    wait_until(lambda: load_run(run_dir).state in FINAL_STATES, timeout, f"run {Path(run_dir).name} to end", 0.3)
+    return load_run(run_dir)
 
 
 def read_status(path: str | os.PathLike) -> dict:

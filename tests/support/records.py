@@ -30,6 +30,7 @@ from pathlib import Path
 from amp_core.analysis import compare
 from amp_core.record import CONFIG_FILE, HISTOGRAMS_FILE, METRICS_FILE, STATUS_FILE, RunWriter, now_iso
 from amp_core.training.cli import RunConfig
+from tests.support.cli import cli_env
 from tests.support.processes import kill_pid, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,12 +51,33 @@ class RecordSet:
         return self.ids[kind]
 
 
+CREATED_AT = "2024-01-01T00:00:00.000+00:00"
+
+
+def write_record(
+    runs_dir: Path,
+    config: dict | None = None,
+    status: str | None = "completed",
+    rows=(),
+    created_at: str = CREATED_AT,
+    label: str = "run",
+    **status_fields,
+) -> RunWriter:
+    """A run record written through RunWriter, without training: config.json (precision 16-mixed unless
+    `config` says otherwise), status.json in state `status` with `status_fields` (None: no status.json),
+    and the metric `rows`."""
+    writer = RunWriter.create(
+        runs_dir, {"precision": "16-mixed", "created_at": created_at, **(config or {})}, label=label
+    )
+    if status is not None:
+        writer.set_status(status, created_at=created_at, **status_fields)
+    writer.append_metrics(list(rows))
+    writer.close()
+    return writer
+
+
 def child_env() -> dict:
-    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "AMP_RUN_DIR"):
-        env.pop(key, None)  # a run started from inside another must not think it is one of its ranks
-    return env
+    return cli_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
 def start_cli_run(staging: Path, *flags: str) -> subprocess.Popen:
