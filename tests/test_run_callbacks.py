@@ -9,7 +9,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 
 from amp_core.record import request_stop
-from amp_core.training.callbacks import InjectFault, LossScaleMonitor
+from amp_core.training.callbacks import LossScaleMonitor
+from amp_core.training.faults import InjectFault
 from amp_core.training.model import DemoMLP, synthetic_loader
 from amp_core.training.run_callbacks import StepTimer, StopOnRequest
 

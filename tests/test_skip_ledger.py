@@ -13,8 +13,9 @@ from pytorch_lightning.callbacks import Callback
 from amp_core.analysis.advice import advise
 from amp_core.record import SKIPS_FILE, RunWriter, load_run, load_skips
 from amp_core.record.skips import scheduler_steps_on_skipped, skip_hover, skipped_rows
-from amp_core.training.callbacks import AmpWandbCallback, InjectOverflow, LossScaleMonitor, get_loss_scale
+from amp_core.training.callbacks import AmpWandbCallback, LossScaleMonitor, get_loss_scale
 from amp_core.training.cli import RunConfig, build_precision, run
+from amp_core.training.faults import InjectOverflow
 from amp_core.training.model import DemoMLP, synthetic_loader
 from amp_core.training.record_logger import RunRecordLogger
 from tests.support.cuda import sync_checked

@@ -279,7 +279,7 @@ def _check_injections(c: RunConfig) -> None:
         )
     c.inject_overflow = tuple(sorted(set(steps)))
     if not isinstance(c.fault, str) or c.fault:
-        from amp_core.training.callbacks import FAULTS
+        from amp_core.training.faults import FAULTS
 
         kind, _, at = str(c.fault).partition("@") if isinstance(c.fault, str) else ("", "", "")
         if kind not in FAULTS or not re.fullmatch(r"[0-9]{1,9}", at):  # ASCII digits only: int() must read them

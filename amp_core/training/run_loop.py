@@ -151,13 +151,8 @@ def make_trainer(config: RunConfig, accelerator: str, writer: RunWriter, loggers
     """The Trainer with the run's precision, loggers and callbacks; its step timer; the precision path taken."""
     import pytorch_lightning as pl
 
-    from amp_core.training.callbacks import (
-        AmpWandbCallback,
-        InjectFault,
-        InjectOverflow,
-        LossScaleMonitor,
-        NonFiniteLossGuard,
-    )
+    from amp_core.training.callbacks import AmpWandbCallback, LossScaleMonitor
+    from amp_core.training.faults import InjectFault, InjectOverflow, NonFiniteLossGuard
     from amp_core.training.plugins import build_precision
     from amp_core.training.record_logger import RankScaleLogger, RunRecordLogger, ShareRunDir
     from amp_core.training.run_callbacks import StepTimer, StopOnRequest
