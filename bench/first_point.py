@@ -37,7 +37,7 @@ for _path in (str(BENCH), str(BENCH.parent)):
         sys.path.insert(0, _path)
 
 from harness import REPO, SETTLED, Server, check_no_exception, launch_browser, new_page, worker_pids  # noqa: E402
-from report import Figure, figure  # noqa: E402
+from report import Figure, figure, print_figures  # noqa: E402
 
 SECTION = "first point"
 GOALS_S = {"warm": 1.0, "cold": 3.0}
@@ -290,10 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="amp-first-point-") as tmp:
         found = figures(args.quick, Path(tmp))
-    for f in found:
-        value = "n/a" if f.value is None else f"{f.value:.3f} {f.unit}"
-        verdict = "" if f.met is None else ("met" if f.met else "MISSED")
-        print(f"{f.name:<55} {value:>10}  {f.goal or '':<7} {verdict}")
+    print_figures(found)
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -53,7 +53,7 @@ from amp_core.training.record_logger import RunRecordLogger  # noqa: E402
 from amp_core.training.skip_probe import SkipLedgerProbe  # noqa: E402
 from amp_core.training.wandb_logger import make_wandb_logger  # noqa: E402
 from amp_core.training.workloads import WORKLOADS  # noqa: E402
-from bench.report import Figure, figure, interleaved_ratio, not_measured  # noqa: E402
+from bench.report import Figure, figure, interleaved_ratio, not_measured, print_figures  # noqa: E402
 from tests.support.loggers import MemoryLogger  # noqa: E402
 
 GOAL = 1.03
@@ -376,10 +376,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="amp-bench-monitor-") as tmp:
         found = figures(args.quick, Path(tmp))
     print(f"\ntorch {torch.__version__}, Lightning {pl.__version__}, {torch.get_num_threads()} threads")
-    for f in found:
-        value = "-" if f.value is None else f"{f.value:.3f}"
-        verdict = "" if f.met is None else ("met" if f.met else "NOT met")
-        print(f"{f.name:<78} {value:>7} {f.unit}  {f.goal or '':<8} {verdict}\n    {f.how}")
+    print_figures(found)
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -238,3 +238,13 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
         tmp.write_text(text)
         os.replace(tmp, path)
     return paths
+
+
+def print_figures(found: list[Figure], with_how: bool = True) -> None:
+    """A benchmark's figures as a plain table on stdout (its own `main()`; bench/run.py writes REPORT.md)."""
+    for f in found:
+        value = "-" if f.value is None else f"{f.value:.3f}"
+        verdict = "" if f.met is None else ("met" if f.met else "NOT met")
+        print(f"{f.name:<78} {value:>9} {f.unit:<4} {f.goal or '':<8} {verdict}")
+        if with_how:
+            print(f"    {f.how}")
