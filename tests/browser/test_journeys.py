@@ -104,8 +104,16 @@ def combobox_value(page, name: str) -> str:
 
 
 def choose(page, name: str, option: str) -> None:
-    page.get_by_role("combobox", name=name).click()
-    page.get_by_role("option", name=option, exact=True).click()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    box = page.get_by_role("combobox", name=name)
+    wanted = page.get_by_role("option", name=option, exact=True)
+    box.click()
+    try:
+        wanted.wait_for(state="visible", timeout=5000)
+    except PlaywrightTimeoutError:  # the select kept focus from the last choice: that click closed its menu
+        box.click()
+    wanted.click()
 
 
 def charts(page) -> list[dict]:
