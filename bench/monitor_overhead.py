@@ -3,19 +3,20 @@
     python bench/monitor_overhead.py            # the full set (a few minutes more than --quick)
     python bench/monitor_overhead.py --quick    # what `bench/run.py --quick` runs: about 3 minutes on 2 cores
 
-Each figure is a ratio of per-step times of two Trainers, A and B, that live in one process at once,
-each in its own thread, and take turns (A B B A ...): one turn is ~20 ms (at least 3 steps) of one
-Trainer while the other waits, and a turn's value is the median time of its steps but the first (a
-step: from one `on_train_batch_start` to the next, so the loop, every hook and the loggers are
-inside it; the first follows the other side's turn, with cold caches). The ratio
-is the median of B/A over the pairs (`bench.report.interleaved_ratio`), after warm-up turns. Both
-sides have a logger (the bare side a `MemoryLogger` that drops everything), so only B's own work
-differs. Interleaving in one process puts a burst of load from other processes on both sides alike.
+Each figure is a ratio of per-step times of one Trainer under two setups, A and B, that take turns
+(A B B A ...): a setup is the callbacks and loggers added to the Trainer, swapped in between two
+steps (Lightning reads `trainer.callbacks` and `trainer.loggers` afresh at every hook). One turn is
+~20 ms (at least 3 steps) and its value is the median time of its steps but the first (a step: from
+one `on_train_batch_start` to the next, so the loop, every hook and the loggers are inside it; the
+first is the switch). The ratio is the median of B/A over the pairs (`bench.report.interleaved_ratio`),
+after warm-up turns. One Trainer, one model, one process: only B's own work differs, and a burst of
+load from other processes falls on both setups alike. The bare setup has a logger too (a
+`MemoryLogger` that drops everything), as Lightning's own `self.log` calls need one.
 
     monitor    LossScaleMonitor + RunRecordLogger (what amp_core.train adds) vs bare Lightning, at
                32-true, bf16-mixed and 16-mixed (on CPU through the explicit fp16 plugin,
                amp_core.training.plugins.fp16_mixed), on the MLP and the GPT workload, default sizes
-    ledger     the monitor vs the monitor with its skip ledger replaced by one that does nothing
+    ledger     the monitor vs the monitor with its skip ledger replaced by one that does nothing (16-mixed)
     control    bare vs bare: the method's own noise on this machine at the time (ideally 1.000)
     wandb      AmpWandbCallback alone, logging the loss scale every step to an offline W&B run, vs bare
     W&B logger the offline WandbLogger amp_core.train adds, next to the monitor, vs the monitor alone
@@ -36,6 +37,7 @@ import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never online from a benchmark
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -65,16 +67,63 @@ WARMUP_TURNS = 3
 MIN_PAIRS = 8
 
 
-class Turns(Callback):
-    """Lets a Trainer running in its own thread take turns of `steps` steps; `Side.turn()` runs one.
-    Put it first among the callbacks: its mark comes before any other callback's work of the step."""
+class Setup:
+    """One side of a comparison: the callbacks and loggers it adds to the shared Trainer, and the
+    monitor and record whose lines are counted at the end (a check that the monitor worked)."""
 
-    def __init__(self, steps: int):
-        self.steps = steps
+    def __init__(self, callbacks: list, loggers: list, writer: RunWriter | None = None):
+        self.callbacks, self.loggers, self.writer = callbacks, loggers, writer
+        self.monitor = next((c for c in callbacks if isinstance(c, LossScaleMonitor)), None)
+
+
+def _union(lists) -> list:
+    out = []
+    for items in lists:
+        out += [x for x in items if all(x is not y for y in out)]
+    return out
+
+
+class Turns(Callback):
+    """Lets a Trainer take turns of `steps` steps, each under one of `setups`, started from another
+    thread: `Side.turn(name)` runs one. Put it first among the callbacks: its mark comes before any
+    other callback's work of the step, and the setup it swaps in applies from the step's next hook."""
+
+    def __init__(self, steps: int, setups: dict[str, Setup]):
+        self.steps, self.setups = steps, setups
         self.marks: list[tuple[float, float]] = []  # (wall, process CPU) seconds at each step's start
+        self.monitor_steps: dict[int, int] = {}  # id(monitor) -> steps it saw whole
+        self.next = ""
         self._left = 0  # steps left in this turn: none, so it waits at its first step
         self._go, self._paused = threading.Event(), threading.Event()
         self._finishing = False
+        self._active: list = []  # the monitors of the setup in use
+        self._started: list = []  # monitors between their on_train_start and on_train_end
+
+    def everything(self) -> tuple[list, list]:
+        """Every setup's callbacks and loggers: what the Trainer is made with (each gets its `setup`,
+        `on_train_start` and so on as fit starts; the first turn then ends the monitors it does not use)."""
+        return (
+            _union(s.callbacks for s in self.setups.values()),
+            _union(s.loggers for s in self.setups.values()),
+        )
+
+    def _use(self, trainer, setup: Setup) -> None:
+        """Swaps `setup` in. A monitor leaving ends its training (its rows to its own loggers, its
+        skip ledger's hooks off the parameters: they would run in the other setup's backward), one
+        coming back starts it again; that work falls in the turn's first step, which is not counted."""
+        module = trainer.lightning_module
+        for monitor in [m for m in self._started if all(m is not c for c in setup.callbacks)]:
+            monitor.on_train_end(trainer, module)
+            self._started.remove(monitor)
+        trainer.callbacks = [self, *setup.callbacks]  # a new list: the hook now running goes on with the old one
+        trainer.loggers = setup.loggers
+        self._active = [c for c in setup.callbacks if isinstance(c, LossScaleMonitor)]
+        for monitor in [m for m in self._active if all(m is not s for s in self._started)]:
+            monitor.on_train_start(trainer, module)
+            self._started.append(monitor)
+
+    def on_train_start(self, trainer, pl_module):
+        self._started = [c for c in trainer.callbacks if isinstance(c, LossScaleMonitor)]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._finishing:
@@ -87,52 +136,89 @@ class Turns(Callback):
             self._paused.set()
             self._go.wait()
             self._go.clear()
-            if self._finishing:
+            if self._finishing:  # one last step in the setup in use, which Lightning then ends
+                self._count()
                 trainer.should_stop = True
                 return
+            self._use(trainer, self.setups[self.next])
             self.marks, self._left = [], self.steps
+        self._count()
         self.marks.append((time.perf_counter(), time.process_time()))
         self._left -= 1
 
+    def _count(self) -> None:
+        for monitor in self._active:
+            self.monitor_steps[id(monitor)] = self.monitor_steps.get(id(monitor), 0) + 1
+
 
 class Side:
-    """One Trainer fitting in its own thread, a turn at a time."""
+    """One Trainer taking turns under the setup each turn names. The Trainer fits in the calling
+    thread, as it does in amp_core.train (torch's intra-op thread pool driven from another thread
+    costs far more per parallel op: 100 against 10 µs for one reduction here); `drive` runs in a
+    helper thread that only starts turns and reads their marks."""
 
     def __init__(self, trainer: pl.Trainer, module, data, turns: Turns):
-        self.trainer, self.turns, self.error = trainer, turns, None
-        self.cpu: list[float] = []  # each turn's median CPU seconds per step (this process; the other side waits)
-        self.thread = threading.Thread(target=self._fit, args=(module, data), daemon=True)
-        self.thread.start()
-        turns._paused.wait()  # at its first step
+        self.trainer, self.module, self.data, self.turns = trainer, module, data, turns
+        self.error: BaseException | None = None
+        self._fitting = True
+        self.cpu: dict[str, list[float]] = {name: [] for name in turns.setups}  # per turn: median CPU s/step
 
-    def _fit(self, module, data) -> None:
+    def run(self, drive: Callable[[], Any]) -> Any:
+        """Fits here while `drive()` takes turns in a helper thread; returns what it returns."""
+        out: dict[str, Any] = {}
+
+        def driver() -> None:
+            try:
+                self.turns._paused.wait()  # the Trainer is at its first step
+                out["value"] = drive()
+            except BaseException as e:
+                out["error"] = e
+            finally:
+                self.turns._finishing = True
+                self.turns._go.set()
+
+        thread = threading.Thread(target=driver, daemon=True)
+        thread.start()
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore")
-                self.trainer.fit(module, data)
-        except BaseException as e:  # re-raised by turn()
+                self.trainer.fit(self.module, self.data)
+        except BaseException as e:
             self.error = e
         finally:
-            self.turns._paused.set()
+            self._fitting = False
+            self.turns._paused.set()  # a driver waiting on a turn sees the end
+            thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"a benchmark Trainer failed: {type(self.error).__name__}: {self.error}") from self.error
+        if "error" in out:
+            raise out["error"]
+        return out["value"]
 
-    def turn(self) -> float:
+    def turn(self, name: str) -> float:
+        self.turns.next = name
         self.turns._paused.clear()
         self.turns._go.set()
         self.turns._paused.wait()
-        if self.error is not None:
-            raise RuntimeError(f"a benchmark Trainer failed: {type(self.error).__name__}: {self.error}") from self.error
-        # the turn's first step follows the other Trainer's turn (cold caches) and is left out: every step
-        # counted follows one of its own, whichever side went first in the pair
+        if not self._fitting:
+            raise RuntimeError("the benchmark Trainer stopped during a turn")
+        # the turn's first step is the switch from the other setup (its hooks ran in part under each)
+        # and is left out: every step counted follows one of the same setup
         m = self.turns.marks[1:]
-        self.cpu.append(statistics.median(b[1] - a[1] for a, b in zip(m, m[1:])))
+        self.cpu[name].append(statistics.median(b[1] - a[1] for a, b in zip(m, m[1:])))
         return statistics.median(b[0] - a[0] for a, b in zip(m, m[1:]))
 
-    def finish(self) -> None:
-        self.turns._finishing = True
-        self.turns._go.set()
-        self.thread.join()
-        if self.error is not None:
-            raise RuntimeError(f"a benchmark Trainer failed: {type(self.error).__name__}: {self.error}") from self.error
+    def check_records(self) -> None:
+        """Each monitor wrote one record line per step it saw whole (a sanity check, not a timing)."""
+        for setup in self.turns.setups.values():
+            if setup.writer is None or setup.monitor is None:
+                continue
+            setup.writer.flush()  # a setup not in use at the end was not finalized by Lightning
+            with open(setup.writer.path / METRICS_FILE) as f:
+                lines = sum(1 for _ in f)
+            expected = self.turns.monitor_steps.get(id(setup.monitor), 0)
+            if lines != expected:
+                raise RuntimeError(f"the monitor recorded {lines} of the {expected} steps it saw")
 
 
 class NoLedger(SkipLedgerProbe):
@@ -159,19 +245,24 @@ def config_for(workload: str, precision: str, accelerator: str = "cpu") -> RunCo
     ).validate()
 
 
-def make_side(
-    config: RunConfig, tmp: Path, monitor: LossScaleMonitor | None, extra: list, loggers: list | None
-) -> Side:
-    """A Trainer of `config` with the monitor (and RunRecordLogger) or bare, plus `extra` callbacks."""
+def bare(config: RunConfig, tmp: Path) -> Setup:
+    """Nothing added: the logger every Trainer here needs, dropping what it is given."""
+    return Setup([], [MemoryLogger(keep=False)])
+
+
+def monitored(config: RunConfig, tmp: Path, monitor: LossScaleMonitor | None = None) -> Setup:
+    """The monitor and its record, as amp_core.train adds them."""
+    writer = RunWriter.create(tmp, {"precision": config.precision, "bench": True}, label=config.precision)
+    monitor = monitor or LossScaleMonitor(histogram_every=config.histogram_every or None)
+    return Setup([monitor], [RunRecordLogger(writer)], writer)
+
+
+def make_side(config: RunConfig, setups: dict[str, Setup]) -> Side:
+    """One Trainer of `config` that takes turns under `setups` once run."""
     pl.seed_everything(config.seed, verbose=False)
     built = WORKLOADS[config.workload].build(config)
-    writer = None
-    if loggers is None:
-        loggers = [MemoryLogger(keep=False)]
-        if monitor is not None:
-            writer = RunWriter.create(tmp, {"precision": config.precision, "bench": True}, label=config.precision)
-            loggers = [RunRecordLogger(writer)]
-    turns = Turns(STEPS_PER_TURN)
+    turns = Turns(STEPS_PER_TURN, setups)
+    callbacks, loggers = turns.everything()
     device = "cuda" if config.accelerator == "gpu" else "cpu"
     precision_kwargs, _ = build_precision(config, device)
     trainer = pl.Trainer(
@@ -180,25 +271,14 @@ def make_side(
         max_steps=10**7,
         max_epochs=-1,
         logger=loggers,
-        callbacks=[turns, *([monitor] if monitor else []), *extra],
+        callbacks=[turns, *callbacks],
         log_every_n_steps=1,  # amp_core.train's on CPU
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=False,
         **precision_kwargs,
     )
-    side = Side(trainer, built.module, built.data, turns)
-    side.writer = writer
-    return side
-
-
-def bare(config: RunConfig, tmp: Path) -> Side:
-    return make_side(config, tmp, None, [], None)
-
-
-def monitored(config: RunConfig, tmp: Path) -> Side:
-    """The monitor as amp_core.train adds it."""
-    return make_side(config, tmp, LossScaleMonitor(histogram_every=config.histogram_every or None), [], None)
+    return Side(trainer, built.module, built.data, turns)
 
 
 @dataclasses.dataclass
@@ -211,34 +291,31 @@ class Measured:
     cpu_ratio: float  # the same pairs, in process CPU time: what other processes' load leaves out
 
 
-def ab_ratio(make_a: Callable[[], Side], make_b: Callable[[], Side], seconds: float) -> Measured:
-    """The median B/A per-step ratio over interleaved pairs of turns for about `seconds`. A turn lasts
-    about TURN_SECONDS (at least 3 steps, its first one not counted): short turns put the same bursts of
-    load on both sides."""
-    a, b = make_a(), make_b()
-    try:
-        warm = [t for _ in range(WARMUP_TURNS) for t in (a.turn(), b.turn())]
+def ab_ratio(config: RunConfig, a: Setup, b: Setup, seconds: float) -> Measured:
+    """The median B/A per-step ratio over interleaved pairs of turns of one Trainer for about `seconds`.
+    A turn lasts about TURN_SECONDS (at least 3 steps, its first one not counted): short turns put the
+    same bursts of load on both setups."""
+    side = make_side(config, {"a": a, "b": b})
+
+    def drive() -> Measured:
+        warm = [t for _ in range(WARMUP_TURNS) for t in (side.turn("a"), side.turn("b"))]
         step = statistics.median(warm[-2:])
         steps = max(3, round(TURN_SECONDS / step))
-        a.turns.steps = b.turns.steps = steps
+        side.turns.steps = steps
         pairs = max(MIN_PAIRS, round(seconds / (2 * steps * step)))
-        r = interleaved_ratio(a.turn, b.turn, pairs)
-        cpu = statistics.median(y / x for x, y in zip(a.cpu[WARMUP_TURNS:], b.cpu[WARMUP_TURNS:]) if x > 0)
-    finally:
-        for side in (a, b):
-            side.finish()
-    for side in (a, b):  # a sanity check that the monitor did its work, not a timing
-        if getattr(side, "writer", None) is not None:
-            with open(side.writer.path / METRICS_FILE) as f:
-                lines = sum(1 for _ in f)
-            if lines != side.trainer.global_step:
-                raise RuntimeError(f"the monitor recorded {lines} of {side.trainer.global_step} steps")
-    return Measured(r.ratio, r.a_median, r.b_median, pairs, steps, cpu)
+        r = interleaved_ratio(partial(side.turn, "a"), partial(side.turn, "b"), pairs)
+        cpu_a, cpu_b = side.cpu["a"][WARMUP_TURNS:], side.cpu["b"][WARMUP_TURNS:]
+        cpu = statistics.median(y / x for x, y in zip(cpu_a, cpu_b) if x > 0)
+        return Measured(r.ratio, r.a_median, r.b_median, pairs, steps, cpu)
+
+    measured = side.run(drive)
+    side.check_records()
+    return measured
 
 
 def _how(a: str, b: str, m: Measured) -> str:
     return (
-        f"{b} vs {a}: median of {m.pairs} interleaved pairs of {m.steps_per_turn}-step turns, one process "
+        f"{b} vs {a}: median of {m.pairs} interleaved pairs of {m.steps_per_turn}-step turns of one Trainer "
         f"({m.a_step * 1e3:.2f} vs {m.b_step * 1e3:.2f} ms/step, {torch.get_num_threads()} torch threads; "
         f"in process CPU time {m.cpu_ratio:.3f}; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
@@ -252,8 +329,7 @@ def monitor_figures(
     for workload in workloads:
         for precision in precisions:
             config = config_for(workload, precision, accelerator)
-
-            m = ab_ratio(partial(bare, config, tmp), partial(monitored, config, tmp), seconds)
+            m = ab_ratio(config, bare(config, tmp), monitored(config, tmp), seconds)
             how = _how("bare Lightning", "LossScaleMonitor + RunRecordLogger", m)
             name = f"monitor per step, {workload} {precision}" + (" (CUDA)" if accelerator == "gpu" else "")
             out.append(figure(section, name, m.ratio, "x", how, at_most=GOAL))
@@ -265,21 +341,19 @@ def control_figure(tmp: Path, seconds: float) -> Figure:
     """Bare Lightning against bare Lightning: what the method reads when B does nothing more than A
     (its noise on this machine, now). The other figures are as good as this is close to 1."""
     config = config_for("mlp", "32-true")
-    m = ab_ratio(partial(bare, config, tmp), partial(bare, config, tmp), seconds)
+    same = bare(config, tmp)
+    m = ab_ratio(config, same, same, seconds)
     return figure("monitor", "control: bare vs bare, mlp 32-true", m.ratio, "x", _how("bare", "bare", m))
 
 
 def ledger_figure(tmp: Path, seconds: float) -> Figure:
-    config = config_for("mlp", "32-true")
-
-    def without():
-        monitor = LossScaleMonitor(histogram_every=config.histogram_every)
-        monitor._ledger = NoLedger()
-        return make_side(config, tmp, monitor, [], None)
-
-    m = ab_ratio(without, partial(monitored, config, tmp), seconds)
+    """The ledger works with a GradScaler only (without one no step is skipped, and it does nothing)."""
+    config = config_for("mlp", "16-mixed")
+    without = LossScaleMonitor(histogram_every=config.histogram_every)
+    without._ledger = NoLedger()
+    m = ab_ratio(config, monitored(config, tmp, without), monitored(config, tmp), seconds)
     how = _how("the monitor without it", "the monitor with its skip ledger", m)
-    return figure("monitor", "skip ledger per step, mlp 32-true", m.ratio, "x", how)
+    return figure("monitor", "skip ledger per step, mlp 16-mixed", m.ratio, "x", how)
 
 
 def wandb_callback_figure(tmp: Path, seconds: float) -> Figure:
@@ -292,12 +366,9 @@ def wandb_callback_figure(tmp: Path, seconds: float) -> Figure:
         return not_measured("monitor", name, "x", f"W&B did not start: {type(e).__name__}: {e}")
     config = config_for("mlp", "16-mixed")
     try:
-
-        def with_callback():
-            callback = AmpWandbCallback(enabled=True, precision="16-mixed", log_every_n_steps=1)
-            return make_side(config, tmp, None, [callback], None)
-
-        m = ab_ratio(partial(bare, config, tmp), with_callback, seconds)
+        plain = bare(config, tmp)
+        callback = AmpWandbCallback(enabled=True, precision="16-mixed", log_every_n_steps=1)
+        m = ab_ratio(config, plain, Setup([callback], plain.loggers), seconds)
     finally:
         run.finish()
     return figure("monitor", name, m.ratio, "x", _how("bare Lightning", "AmpWandbCallback", m))
@@ -306,32 +377,18 @@ def wandb_callback_figure(tmp: Path, seconds: float) -> Figure:
 def wandb_logger_figure(tmp: Path, seconds: float) -> Figure:
     name = "offline WandbLogger next to the monitor per step, mlp 32-true"
     config = config_for("mlp", "32-true")
-    wandb_config = dataclasses.replace(config, wandb="offline")
-    made = []
-
-    def with_wandb():
-        writer = RunWriter.create(tmp, {"precision": config.precision, "bench": True}, label="wandb")
-        wandb_logger = make_wandb_logger(wandb_config, writer)
-        if wandb_logger is None:
-            raise RuntimeError("W&B did not start (see the bench run's status warnings)")
-        made.append(wandb_logger)
-        side = make_side(
-            config,
-            tmp,
-            LossScaleMonitor(histogram_every=config.histogram_every),
-            [],
-            [RunRecordLogger(writer), wandb_logger],
-        )
-        side.writer = writer
-        return side
-
+    alone = monitored(config, tmp)
+    wandb_logger = make_wandb_logger(dataclasses.replace(config, wandb="offline"), alone.writer)
+    if wandb_logger is None:
+        return not_measured("monitor", name, "x", "W&B did not start (see the bench run's status warnings)")
     try:
-        m = ab_ratio(partial(monitored, config, tmp), with_wandb, seconds)
+        # the same monitor and record on both sides: what B adds is the W&B logger alone
+        both = Setup(alone.callbacks, [*alone.loggers, wandb_logger], alone.writer)
+        m = ab_ratio(config, alone, both, seconds)
     except RuntimeError as e:
         return not_measured("monitor", name, "x", str(e))
     finally:
-        for logger in made:
-            logger.experiment.finish()
+        wandb_logger.experiment.finish()
     how = _how("the monitor + RunRecordLogger", "the same + an offline WandbLogger", m)
     return figure("monitor", name, m.ratio, "x", how)
 
@@ -346,7 +403,7 @@ def figures(quick: bool, tmp: Path) -> list[Figure]:
     parts = (
         ("control: bare vs bare, mlp 32-true", lambda: [control_figure(tmp, seconds)]),
         ("monitor per step", lambda: monitor_figures(tmp, seconds)),
-        ("skip ledger per step, mlp 32-true", lambda: [ledger_figure(tmp, seconds)]),
+        ("skip ledger per step, mlp 16-mixed", lambda: [ledger_figure(tmp, seconds)]),
         ("AmpWandbCallback per step", lambda: [wandb_callback_figure(tmp, seconds)]),
         ("offline WandbLogger next to the monitor per step", lambda: [wandb_logger_figure(tmp, seconds)]),
     )

@@ -18,14 +18,13 @@ Only the standard library and NumPy: the app imports this without torch or Light
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 RUNS_DIR_ENV = "AMP_RUNS_DIR"
 CONFIG_FILE, STATUS_FILE, METRICS_FILE, STOP_FILE = "config.json", "status.json", "metrics.jsonl", "stop"
@@ -100,7 +99,7 @@ def finite_or_none(value: float | None) -> float | None:
     if value is None:
         return None
     value = float(value)
-    return value if np.isfinite(value) else None
+    return value if math.isfinite(value) else None  # math, not NumPy: this runs per value per step
 
 
 def request_stop(path: str | os.PathLike) -> None:

@@ -153,5 +153,10 @@ class RunWriter:
                 setattr(self, name, None)
 
 
+_ENCODER = json.JSONEncoder(
+    allow_nan=False, default=json_number
+)  # made once: json.dumps with options makes one per call
+
+
 def _line(row: dict) -> str:
-    return json.dumps(row, allow_nan=False, default=json_number) + "\n"
+    return _ENCODER.encode(row) + "\n"

@@ -7,7 +7,9 @@ growth tracker) with the unscaled gradient norm and the loss, and publishes it t
 
 On CUDA the monitor adds no host synchronisation per step: it keeps 0-d device tensors, stacks
 them every `flush_every` steps and copies them into pinned host memory without blocking; a CUDA
-event says when the copy has landed, and only then are the values published.
+event says when the copy has landed, and only then are the values published. On the CPU, where
+reading a value waits for nothing, each step's numbers are read as the step ends (fewer ops than
+stacking them) and published every 0.05 s (`amp_core.training.grad_stats` says what it reads).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
-from amp_core.training import scaler_state
+from amp_core.training import grad_stats, scaler_state
 from amp_core.training.skip_probe import SkipLedgerProbe
 
 FP16_PRECISIONS = ("16", "16-mixed", "16_true")
@@ -145,11 +147,12 @@ class LossScaleMonitor(Callback):
     first held one in backward order (the first to receive its gradient: where the overflow began,
     as inf spreads from there to every earlier layer), the scale before and after, and whether an LR
     scheduler stepped although the optimizer did not. It costs no device work per step: the
-    per-parameter gradient norms (needed for `amp/grad_norm` anyway) travel in the same batched copy
-    as the other values, and only a skipped step's are looked at, on the host.
+    per-parameter gradient norms (needed for `amp/grad_norm` anyway) travel with the other values,
+    and only a skipped step's are looked at, on the host. Without a GradScaler no step is skipped
+    and the ledger does nothing (no hooks on the parameters).
 
     Every `histogram_every` steps it also counts the unscaled gradient values in log2 bins (on the
-    device, like everything else) and hands the histogram to loggers that have a
+    gradients' device) and hands the histogram to loggers that have a
     `log_grad_histogram(step, log2_lo, counts, zeros, nonfinite)` method.
 
     A skipped step is read as the scale dropping in `GradScaler.update()`: that is the same with
@@ -166,8 +169,9 @@ class LossScaleMonitor(Callback):
 
     KEYS = ("amp/loss", "amp/loss_scale", "amp/skipped", "amp/grad_norm", "amp/grad_max", "amp/growth_tracker")
     # Bin k of a histogram counts |g| in [2**(LOG2_LO + k), 2**(LOG2_LO + k + 1)); the first bin also
-    # takes everything smaller, zeros included (they are counted apart as well).
-    LOG2_LO, LOG2_HI = -64, 32
+    # takes everything smaller, zeros included (they are counted apart as well), the last everything
+    # larger but finite (grad_stats.histogram).
+    LOG2_LO, LOG2_HI = grad_stats.LOG2_LO, grad_stats.LOG2_HI
     VALUES = 7  # per step: loss, scale, skipped, grad norm, grad max, growth tracker, scale after
     PUBLISH_SECONDS = 0.05  # on CPU, steps are published (and saved) in batches this far apart
 
@@ -182,12 +186,15 @@ class LossScaleMonitor(Callback):
         self._pending: dict[str, Any] | None = None  # the step between on_before_optimizer_step and update()
         self._steps: list[int] = []
         self._scheduler_moves: list[tuple[bool, bool]] = []  # host facts per step: (scheduler moved, optimizer stepped)
-        self._rows: list[torch.Tensor] = []  # per step: its values, then its per-parameter gradient norms
+        # per step, on the host path: its numbers and gradient statistics (a tuple); on the device path:
+        # a tensor of its values, then one of its per-parameter gradient norms
+        self._rows: list[Any] = []
         self._ledger_steps: list[Any] = []  # per step: what the ledger needs to explain a skip (host side)
         self._hists: list[tuple[int, torch.Tensor]] = []
-        self._in_flight: list[tuple[list[int], torch.Tensor, list[int], torch.Tensor | None, Any]] = []
+        self._in_flight: list[tuple[list, Any, list[int], torch.Tensor | None, Any]] = []  # flushed blocks
         self._has_scaler = False
         self._cuda = False
+        self._host = True
         self._ledger = SkipLedgerProbe()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -207,45 +214,30 @@ class LossScaleMonitor(Callback):
         self._has_scaler = scaler_state.is_enabled(scaler)
         self._device = trainer.strategy.root_device
         self._cuda = self._device.type == "cuda"
+        self._host = self._host_path(self._device)
         # made once: per step, every small tensor made on the CPU costs a few microseconds of dispatch
         self._zero = torch.zeros((), device=self._device)
         self._nan = torch.full((), float("nan"), device=self._device)
         self._every = self.flush_every or (20 if self._cuda else None)  # None: by time (CPU)
         self._flushed_at = self._saved_at = -math.inf  # the first step is published at once
-        self._ledger.attach(trainer, pl_module)
+        if self._has_scaler:  # without a GradScaler no step is skipped: the ledger's hooks would only cost
+            self._ledger.attach(trainer, pl_module)
+
+    @staticmethod
+    def _host_path(device: torch.device) -> bool:
+        """Whether a step's numbers are read on the host as it ends (CPU: nothing to wait for) or kept
+        on the device and copied in batches (CUDA, and any other device)."""
+        return device.type == "cpu"
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._ledger.batch_start(trainer)
+        if self._has_scaler:
+            self._ledger.batch_start(trainer)
 
     def _histogram(self, grads: list[torch.Tensor], log2_unscale: torch.Tensor) -> torch.Tensor:
-        """[zeros, nonfinite, counts...] of |g| / scale in log2 bins, without leaving the device."""
-        bins = self.LOG2_HI - self.LOG2_LO
-        out = torch.zeros(bins + 2, device=grads[0].device)
-        for a in self._flat_chunks(grads):
-            a = a.abs().float()
-            out[0] += (a == 0).sum()
-            out[1] += (~torch.isfinite(a)).sum()
-            # log2(0) = -inf is clamped into the first bin; inf and NaN fall outside histc's range.
-            x = (torch.log2(a) - log2_unscale).clamp(min=self.LOG2_LO)
-            out[2:] += torch.histc(x, bins=bins, min=self.LOG2_LO, max=self.LOG2_HI)
-        return out
-
-    @staticmethod
-    def _flat_chunks(grads: list[torch.Tensor], limit: int = 1 << 22) -> list[torch.Tensor]:
-        """The gradients as few flat tensors of at most `limit` elements each (a larger one stays alone):
-        one set of reductions per chunk instead of per parameter, without copying a large model at once."""
-        chunks, group, size = [], [], 0
-        for g in grads:
-            if group and size + g.numel() > limit:
-                chunks.append(torch.cat(group) if len(group) > 1 else group[0])
-                group, size = [], 0
-            group.append(g.detach().reshape(-1))
-            size += g.numel()
-        if group:
-            chunks.append(torch.cat(group) if len(group) > 1 else group[0])
-        return chunks
+        """[zeros, nonfinite, counts...] of |g| / 2**log2_unscale in log2 bins (`grad_stats.histogram`)."""
+        return grad_stats.histogram(grads, log2_unscale)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -253,44 +245,26 @@ class LossScaleMonitor(Callback):
         scaler = get_scaler(trainer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
-        if grads:
-            norms, norm, gmax = self._grad_stats(grads)
-        else:
-            norms, norm, gmax = torch.zeros(0, device=self._device), self._zero, self._zero
-        scale = None
-        unscale = None
+        scale = unscale = None
         if (scale_now := scaler_state.scale_tensor(scaler)) is not None:
-            scale = scale_now.detach().clone()
+            scale = float(scale_now) if self._host else scale_now.detach().clone()
             if not scaler_state.unscaled(scaler, optimizer):
                 unscale = scale  # a fused optimizer unscales inside step(): these gradients are still scaled
         step = trainer.global_step
         if self.histogram_every and grads and step % self.histogram_every == 0:
-            log2_unscale = torch.log2(unscale) if unscale is not None else self._zero
+            log2_unscale = torch.log2(torch.as_tensor(unscale)) if unscale is not None else self._zero
             self._hists.append((step, self._histogram(grads, log2_unscale)))
-        if unscale is not None:
-            norm, gmax = norm / unscale, gmax / unscale
-        self._pending = {
-            "step": step,
-            "scale": scale,
-            "norm": norm.detach(),
-            "max": gmax.detach(),
-            "norms": norms.detach(),
-            "ledger": self._ledger.take_step(params),
-        }
-
-    @staticmethod
-    def _grad_stats(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-parameter L2 norms, their global norm and the largest |g|, all float32, in as few device
-        calls as the platform allows. Norms of fp16 and bf16 gradients are taken in float32, so a
-        large fp16 gradient does not read as an overflow."""
-        wide = any(g.dtype == torch.float64 for g in grads)  # float64 cannot be narrowed inside the norm
-        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=None if wide else torch.float32)).float()
-        if grads[0].is_cuda:  # one fused kernel
-            gmax = torch.stack(torch._foreach_norm(grads, float("inf"))).max().float()
-        else:  # the inf-norm is a slow reduction on CPU (~1 ms for the demo MLP); min and max are not
-            extremes = [x for g in grads if g.numel() for x in torch.aminmax(g)]
-            gmax = torch.stack(extremes).abs().max().float() if extremes else torch.zeros((), device=grads[0].device)
-        return norms, torch.linalg.vector_norm(norms), gmax
+        if self._host:  # read now: on the CPU that waits for nothing
+            stats = grad_stats.host_stats(grads)
+        elif grads:
+            norms, norm, gmax = grad_stats.device_stats(grads)
+            if unscale is not None:
+                norm, gmax = norm / unscale, gmax / unscale
+            stats = (norms, norm, gmax)
+        else:
+            stats = (torch.zeros(0, device=self._device), self._zero, self._zero)
+        self._pending = {"step": step, "scale": scale, "unscale": unscale, "stats": stats}
+        self._pending["ledger"] = self._ledger.take_step(params)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -300,21 +274,14 @@ class LossScaleMonitor(Callback):
             self._publish_landed(trainer, wait=False)
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        loss = loss.detach().float().reshape(()).to(self._device) if isinstance(loss, torch.Tensor) else self._nan
         scaler = get_scaler(trainer)
-        nan = self._nan
-        if pending["scale"] is not None:
-            scale_now, tracker_now = scaler_state.scale_tensor(scaler), scaler_state.growth_tracker(scaler)
-            skipped = (scale_now < pending["scale"]).float()
-            tracker = tracker_now.float() if tracker_now is not None else nan
-            scale, scale_after = pending["scale"], scale_now.float().reshape(())
+        if self._host:
+            self._rows.append(self._host_row(pending, loss, scaler))
         else:
-            scale, skipped, tracker, scale_after = nan, self._zero, nan, nan
+            self._rows += self._device_row(pending, loss, scaler)
         self._steps.append(pending["step"])
-        self._scheduler_moves.append(self._ledger.batch_facts(trainer))
+        self._scheduler_moves.append(self._ledger.batch_facts(trainer) if self._has_scaler else (False, False))
         self._ledger_steps.append(pending["ledger"])
-        self._rows.append(torch.stack([loss, scale, skipped, pending["norm"], pending["max"], tracker, scale_after]))
-        self._rows.append(pending["norms"])
         now = time.monotonic()
         due = len(self._steps) >= self._every if self._every else now - self._flushed_at >= self.PUBLISH_SECONDS
         if due:
@@ -326,6 +293,31 @@ class LossScaleMonitor(Callback):
             self._save_loggers(trainer)
             self._saved_at = now
 
+    def _host_row(self, pending: dict[str, Any], loss: Any, scaler: Any) -> tuple:
+        """CPU: the step's numbers read now (no device to wait for) and its gradient statistics."""
+        loss = loss.item() if isinstance(loss, torch.Tensor) else math.nan
+        scale = scale_after = tracker = math.nan
+        if pending["scale"] is not None:
+            scale, scale_after = pending["scale"], float(scaler_state.scale_tensor(scaler))
+            tracker_now = scaler_state.growth_tracker(scaler)
+            tracker = float(tracker_now) if tracker_now is not None else math.nan
+        return loss, scale, scale_after, tracker, pending["stats"], pending["unscale"]
+
+    def _device_row(self, pending: dict[str, Any], loss: Any, scaler: Any) -> list[torch.Tensor]:
+        """CUDA: the step's 0-d tensors stacked on the device (copied to the host in batches), then its
+        per-parameter norms."""
+        loss = loss.detach().float().reshape(()).to(self._device) if isinstance(loss, torch.Tensor) else self._nan
+        nan = self._nan
+        if pending["scale"] is not None:
+            scale_now, tracker_now = scaler_state.scale_tensor(scaler), scaler_state.growth_tracker(scaler)
+            skipped = (scale_now < pending["scale"]).float()
+            tracker = tracker_now.float() if tracker_now is not None else nan
+            scale, scale_after = pending["scale"], scale_now.float().reshape(())
+        else:
+            scale, skipped, tracker, scale_after = nan, self._zero, nan, nan
+        norms, norm, gmax = pending["stats"]
+        return [torch.stack([loss, scale, skipped, norm.detach(), gmax.detach(), tracker, scale_after]), norms.detach()]
+
     def _save_loggers(self, trainer: pl.Trainer) -> None:
         """Lightning's `Logger.save()`: a logger that buffers (RunRecordLogger's writer) writes now."""
         for logger in trainer.loggers:
@@ -334,19 +326,24 @@ class LossScaleMonitor(Callback):
     def _flush(self) -> None:
         if not self._rows:
             return
-        block = torch.cat(self._rows)  # one flat block: a step's values, then its norms (their count varies)
         hist_steps = [s for s, _ in self._hists]
         hists = torch.stack([h for _, h in self._hists]) if self._hists else None
-        widths = [len(n) for n in self._rows[1::2]]
-        steps, self._steps, self._rows, self._hists = self._steps, [], [], []
+        steps, rows = self._steps, self._rows
+        self._steps, self._rows, self._hists = [], [], []
         moves, self._scheduler_moves = self._scheduler_moves, []
         ledger, self._ledger_steps = self._ledger_steps, []
         event = None
+        if self._host:
+            block = rows  # already host numbers (their gradient statistics are read when published)
+        else:
+            block = torch.cat(rows)  # one flat block: a step's values, then its norms (their count varies)
+            widths = [len(n) for n in rows[1::2]]
+            steps = list(zip(steps, widths))
         if self._cuda:
             block, hists = (self._to_pinned(t) for t in (block, hists))
             event = torch.cuda.Event()
             event.record()
-        self._in_flight.append((list(zip(steps, moves, ledger, widths)), block, hist_steps, hists, event))
+        self._in_flight.append((list(zip(steps, moves, ledger)), block, hist_steps, hists, event))
 
     @staticmethod
     def _to_pinned(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -355,6 +352,24 @@ class LossScaleMonitor(Callback):
         host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         host.copy_(t, non_blocking=True)
         return host
+
+    def _host_values(self, block: list[tuple]) -> list[tuple]:
+        """Per step: (loss, scale, skipped, norm, gmax, tracker, scale_after, norms) from host rows."""
+        out = []
+        for loss, scale, scale_after, tracker, stats, unscale in block:
+            norms, norm, gmax = stats
+            if unscale is not None:
+                norm, gmax = norm / unscale, gmax / unscale
+            out.append((loss, scale, float(scale_after < scale), norm, gmax, tracker, scale_after, norms))
+        return out
+
+    def _device_values(self, steps: list, block: torch.Tensor) -> list[tuple]:
+        flat, at, out = block.tolist(), 0, []
+        for (_, width), _, _ in steps:
+            values, norms = flat[at : at + self.VALUES], flat[at + self.VALUES : at + self.VALUES + width]
+            out.append((*values, norms))
+            at += self.VALUES + width
+        return out
 
     def _publish_landed(self, trainer: pl.Trainer, wait: bool) -> int:
         """Hands every landed block to the loggers; returns how many steps it published."""
@@ -368,10 +383,11 @@ class LossScaleMonitor(Callback):
                     break
             self._in_flight.pop(0)
             published += len(steps)
-            flat, at = block.tolist(), 0
-            for step, moves, ledger, width in steps:
-                loss, scale, skipped, norm, gmax, tracker, scale_after = flat[at : at + self.VALUES]
-                norms, at = flat[at + self.VALUES : at + self.VALUES + width], at + self.VALUES + width
+            values = self._host_values(block) if self._host else self._device_values(steps, block)
+            for (step, moves, ledger), (loss, scale, skipped, norm, gmax, tracker, scale_after, norms) in zip(
+                steps, values
+            ):
+                step = step if self._host else step[0]
                 metrics = {"amp/loss": loss, "amp/skipped": skipped, "amp/grad_norm": norm, "amp/grad_max": gmax}
                 if self._has_scaler:
                     metrics["amp/loss_scale"] = scale
