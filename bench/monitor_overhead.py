@@ -16,6 +16,8 @@ load from other processes falls on both setups alike. The bare setup has a logge
     monitor    LossScaleMonitor + RunRecordLogger (what amp_core.train adds) vs bare Lightning, at
                32-true, bf16-mixed and 16-mixed (on CPU through the explicit fp16 plugin,
                amp_core.training.plugins.fp16_mixed), on the MLP and the GPT workload, default sizes
+    gradients  a callback that only reads the gradients as the monitor does on the CPU, vs bare: the
+               floor the monitor's figures stand on (at 32-true, where the step is shortest)
     ledger     the monitor vs the monitor with its skip ledger replaced by one that does nothing (16-mixed)
     control    bare vs bare: the method's own noise on this machine at the time (ideally 1.000)
     wandb      AmpWandbCallback alone, logging the loss scale every step to an offline W&B run, vs bare
@@ -50,6 +52,7 @@ from pytorch_lightning.callbacks import Callback  # noqa: E402
 from amp_core.record import METRICS_FILE, RunWriter  # noqa: E402
 from amp_core.training.callbacks import AmpWandbCallback, LossScaleMonitor  # noqa: E402
 from amp_core.training.config import RunConfig  # noqa: E402
+from amp_core.training.grad_stats import host_stats  # noqa: E402
 from amp_core.training.plugins import build_precision  # noqa: E402
 from amp_core.training.record_logger import RunRecordLogger  # noqa: E402
 from amp_core.training.skip_probe import SkipLedgerProbe  # noqa: E402
@@ -199,7 +202,9 @@ class Side:
         self.turns.next = name
         self.turns._paused.clear()
         self.turns._go.set()
-        self.turns._paused.wait()
+        while not self.turns._paused.wait(0.5):
+            if not self._fitting:  # the fit ended (or failed) while this turn was being handed over
+                break
         if not self._fitting:
             raise RuntimeError("the benchmark Trainer stopped during a turn")
         # the turn's first step is the switch from the other setup (its hooks ran in part under each)
@@ -356,6 +361,25 @@ def ledger_figure(tmp: Path, seconds: float) -> Figure:
     return figure("monitor", "skip ledger per step, mlp 16-mixed", m.ratio, "x", how)
 
 
+class GradStatsOnly(Callback):
+    """Only the gradient statistics the monitor takes each step on the CPU (`grad_stats.host_stats`:
+    every gradient's L2 norm, min and max): the part of its cost that reading the gradients sets."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.last = host_stats([p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None])
+
+
+def grad_stats_figures(tmp: Path, seconds: float) -> list[Figure]:
+    out = []
+    for workload in WORKLOAD_NAMES:
+        config = config_for(workload, "32-true")
+        plain = bare(config, tmp)
+        m = ab_ratio(config, plain, Setup([GradStatsOnly()], plain.loggers), seconds)
+        how = _how("bare Lightning", "a callback reading the gradients as the monitor does, nothing else", m)
+        out.append(figure("monitor", f"gradient statistics alone per step, {workload} 32-true", m.ratio, "x", how))
+    return out
+
+
 def wandb_callback_figure(tmp: Path, seconds: float) -> Figure:
     name = "AmpWandbCallback per step (loss scale to offline W&B every step), mlp 16-mixed"
     try:
@@ -403,6 +427,7 @@ def figures(quick: bool, tmp: Path) -> list[Figure]:
     parts = (
         ("control: bare vs bare, mlp 32-true", lambda: [control_figure(tmp, seconds)]),
         ("monitor per step", lambda: monitor_figures(tmp, seconds)),
+        ("gradient statistics alone per step", lambda: grad_stats_figures(tmp, seconds)),
         ("skip ledger per step, mlp 16-mixed", lambda: [ledger_figure(tmp, seconds)]),
         ("AmpWandbCallback per step", lambda: [wandb_callback_figure(tmp, seconds)]),
         ("offline WandbLogger next to the monitor per step", lambda: [wandb_logger_figure(tmp, seconds)]),
