@@ -362,11 +362,15 @@ def ledger_figure(tmp: Path, seconds: float) -> Figure:
 
 
 class GradStatsOnly(Callback):
-    """Only the gradient statistics the monitor takes each step on the CPU (`grad_stats.host_stats`:
-    every gradient's L2 norm, min and max): the part of its cost that reading the gradients sets."""
+    """Only the gradient statistics the monitor takes each step on the CPU (`grad_stats.host_stats`;
+    without a GradScaler, every gradient's L2 norm): the part of its cost that reading the gradients sets."""
+
+    def __init__(self, with_max: bool):
+        self.with_max = with_max
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.last = host_stats([p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None])
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.last = host_stats(grads, self.with_max)
 
 
 def grad_stats_figures(tmp: Path, seconds: float) -> list[Figure]:
@@ -374,9 +378,15 @@ def grad_stats_figures(tmp: Path, seconds: float) -> list[Figure]:
     for workload in WORKLOAD_NAMES:
         config = config_for(workload, "32-true")
         plain = bare(config, tmp)
-        m = ab_ratio(config, plain, Setup([GradStatsOnly()], plain.loggers), seconds)
+        m = ab_ratio(config, plain, Setup([GradStatsOnly(with_max=False)], plain.loggers), seconds)
         how = _how("bare Lightning", "a callback reading the gradients as the monitor does, nothing else", m)
         out.append(figure("monitor", f"gradient statistics alone per step, {workload} 32-true", m.ratio, "x", how))
+    # what the default leaves out without a GradScaler: the largest |g|, a second pass over the gradients
+    config = config_for("mlp", "32-true")
+    with_max = LossScaleMonitor(histogram_every=config.histogram_every or None, grad_max=True)
+    m = ab_ratio(config, monitored(config, tmp), monitored(config, tmp, with_max), seconds)
+    how = _how("the monitor as by default (no amp/grad_max without a GradScaler)", "the monitor with grad_max=True", m)
+    out.append(figure("monitor", "amp/grad_max every step too (grad_max=True), mlp 32-true", m.ratio, "x", how))
     return out
 
 

@@ -175,7 +175,11 @@ def _cell(text: object) -> str:
 
 def _host_line(host: dict) -> str:
     gpu = host.get("gpu") or "no CUDA GPU"
-    return f"{host.get('cpu', '?')}, {host.get('cores', '?')} logical CPUs, {gpu}"
+    features = host.get("cpu_features")  # absent in reports written before it was noted
+    units = (
+        f" ({', '.join(f.upper() for f in features) or 'none of AVX2, AVX-512, AMX'})" if features is not None else ""
+    )
+    return f"{host.get('cpu', '?')}{units}, {host.get('cores', '?')} logical CPUs, {gpu}"
 
 
 def _benchmark_rows(report: dict) -> list[str]:

@@ -224,3 +224,19 @@ def test_a_second_run_keeps_what_it_did_not_measure_and_not_what_failed(tmp_path
     third = json.loads((out_dir / "report.json").read_text())
     raises = next(b for b in third["benchmarks"] if b["benchmark"] == "raises")
     assert raises["status"] == "not run" and not [f for f in third["figures"] if f["benchmark"] == "raises"]
+
+
+def test_the_machine_line_says_the_vector_units_that_decide_16_bit_speed(tmp_path):
+    avx2 = {**CPU_BOX, "cpu_features": ["avx2"]}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    older = written(
+        tmp_path / "a", [entry("monitor", "cpu", CPU_BOX, "2026-12-01T08:00:00+00:00", [])], "2026-12-01", CPU_BOX
+    )
+    newer = written(
+        tmp_path / "b", [entry("monitor", "cpu", avx2, "2026-12-02T08:00:00+00:00", [])], "2026-12-02", avx2
+    )
+    assert "Machine: AMD EPYC (AVX2), 2 logical CPUs, no CUDA GPU." in newer["md"]
+    # a report written before the units were noted says nothing about them (rather than "none")
+    assert "Machine: AMD EPYC, 2 logical CPUs, no CUDA GPU." in older["md"]
+    assert newer["json"]["machine"]["cpu_features"] == ["avx2"] and "cpu_features" not in older["json"]["machine"]
+    assert set(bench_run.cpu_features()) <= set(bench_run.CPU_FEATURES)

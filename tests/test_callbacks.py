@@ -316,7 +316,7 @@ def fp16_fused_run():
 @pytest.fixture(scope="module")
 def fp32_run():
     grads = IndependentGradNorm()
-    _, logger, _ = fit("32-true", callbacks=[grads])
+    _, logger, _ = fit("32-true", callbacks=[grads], monitor=LossScaleMonitor(grad_max=True))
     return logger.monitor_records(), grads.seen
 
 
@@ -384,6 +384,24 @@ def test_fp32_grad_norm_matches_an_independent_computation(fp32_run):
     assert c["amp/grad_max"] == pytest.approx([s["raw_max"] for s in seen], rel=1e-6)
     assert np.all(c["amp/grad_max"] <= c["amp/grad_norm"])
     assert np.all(c["amp/grad_norm"] > 0)
+
+
+def test_without_a_scaler_the_largest_gradient_is_taken_only_when_asked(fp32_run, bf16_run):
+    # bf16_run: the default (None), no GradScaler -> no second pass over the gradients, no amp/grad_max
+    assert all("amp/grad_max" not in m and math.isfinite(m["amp/grad_norm"]) for _, m in bf16_run)
+    assert all(math.isfinite(m["amp/grad_max"]) for _, m in fp32_run[0])  # grad_max=True
+
+
+def test_grad_max_false_leaves_it_out_even_with_a_scaler():
+    _, logger, _ = fit("16-mixed", steps=6, monitor=LossScaleMonitor(grad_max=False))
+    records = logger.monitor_records()
+    assert len(records) == 6 and all("amp/grad_max" not in m and "amp/loss_scale" in m for _, m in records)
+
+
+@pytest.mark.parametrize("bad", [0, 1, "yes"])
+def test_grad_max_must_be_a_bool_or_none(bad):
+    with pytest.raises(MisconfigurationException, match="grad_max must be True, False or None"):
+        LossScaleMonitor(grad_max=bad)
 
 
 @pytest.mark.parametrize("which", ["fp32_run", "bf16_run"])
