@@ -26,8 +26,16 @@ class Figure:
     met: bool | None  # None where no goal applies or nothing was measured
     how: str  # one line
 
+    def __post_init__(self) -> None:
+        MADE.append(self)
+
     def to_json(self) -> dict:
         return asdict(self)
+
+
+# Every Figure made in this process, in order: what a benchmark stopped at its limit (or failing part-way)
+# had already measured, which bench/run.py keeps beside the failure instead of losing it.
+MADE: list[Figure] = []
 
 
 def figure(

@@ -159,6 +159,20 @@ def _figure_json(target: str, f: object) -> dict:
     return d
 
 
+def _made_so_far(target: str) -> list[dict]:
+    """The figures the benchmark had made before it failed or was stopped (report.MADE, under either of
+    the names the module may be imported by); unreadable ones are left out."""
+    made = []
+    for name in ("report", "bench.report"):
+        module = sys.modules.get(name)
+        for f in getattr(module, "MADE", []):
+            try:
+                made.append(_figure_json(target, f))
+            except TypeError:
+                continue
+    return made
+
+
 def child(target: str, quick: bool, tmp: Path, out: Path) -> int:
     """Import `module:function`, call it, write its figures (or the error) to `out` as JSON."""
     module_name, function = target.split(":")
@@ -167,13 +181,13 @@ def child(target: str, quick: bool, tmp: Path, out: Path) -> int:
         out.write_text(json.dumps({"figures": [_figure_json(target, f) for f in _as_list(target, figures)]}))
         return 0
     except BaseException as e:  # the parent records it; KeyboardInterrupt is how an overrun is stopped
-        last = f"{type(e).__name__}: {e}".strip().splitlines()[0][:400]
+        last = f"{type(e).__name__}: {e}".strip().splitlines()[0][:400] or type(e).__name__
         # Where the benchmark itself raised: its last frame outside run.py and importlib's own.
         frames = [
             f for f in traceback.extract_tb(e.__traceback__) if f.filename != __file__ and "<frozen" not in f.filename
         ]
         at = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-        out.write_text(json.dumps({"error": last + at}))
+        out.write_text(json.dumps({"error": last + at, "figures": _made_so_far(target)}))
         traceback.print_exc()
         return 1
 
@@ -218,7 +232,9 @@ def run_one(b: Benchmark, quick: bool, tmp: Path) -> dict:
     error = error or result.get("error")
     if error is None and proc.returncode != 0:
         error = f"exited with code {proc.returncode}"
-    figures = result.get("figures", []) if error is None else [failure_figure(b.section, b.key, error).to_json()]
+    figures = result.get("figures", [])
+    if error is not None:  # what it measured before it failed or was stopped stays, beside the failure
+        figures = [*figures, failure_figure(b.section, b.key, error).to_json()]
     return {
         "benchmark": b.key,
         "module": b.module,

@@ -147,6 +147,12 @@ MODULES = {
                            "def figures(quick, tmp):\n    return [figure('ns', 'other name', 1.0, 'x', 'bench.report')]\n",
     "nan_bench.py": "from report import figure\n\ndef figures(quick, tmp):\n"
                     "    return [figure('nan', 'ratio', float('nan'), 'x', 'zero over zero', at_most=1.03)]\n",
+    "stopped_bench.py": "import time\nfrom report import figure\n\ndef figures(quick, tmp):\n"
+                        "    first = figure('stopped', 'measured before the limit', 7.0, 'ms', 'by the test')\n"
+                        "    time.sleep(120)\n    return [first]\n",
+    "half_bench.py": "from bench.report import figure\n\ndef figures(quick, tmp):\n"
+                     "    figure('half', 'first part', 3.0, 'x', 'by the test', at_most=5)\n"
+                     "    raise RuntimeError('second part broke')\n",
 }  # fmt: skip
 
 
@@ -240,3 +246,22 @@ def test_the_machine_line_says_the_vector_units_that_decide_16_bit_speed(tmp_pat
     assert "Machine: AMD EPYC, 2 logical CPUs, no CUDA GPU." in older["md"]
     assert newer["json"]["machine"]["cpu_features"] == ["avx2"] and "cpu_features" not in older["json"]["machine"]
     assert set(bench_run.cpu_features()) <= set(bench_run.CPU_FEATURES)
+
+
+def test_what_a_benchmark_measured_before_it_was_stopped_or_broke_stays_in_the_report(tmp_path, bench_modules):
+    B = bench_run.Benchmark
+    table = (
+        B("stopped", "stopped_bench", "figures", "stopped", "cpu", 1),  # --quick: stopped after 2 s
+        B("half", "half_bench", "figures", "half", "cpu", 60),
+    )
+    out_dir = tmp_path / "out"
+    assert bench_run.main(["--quick", "--out-dir", str(out_dir)], benchmarks=table) == 1
+    data = json.loads((out_dir / "report.json").read_text())
+    assert {b["benchmark"]: b["status"] for b in data["benchmarks"]} == {"stopped": "failed", "half": "failed"}
+    by_name = {f["name"]: f for f in data["figures"]}
+    assert by_name["measured before the limit"]["value"] == 7.0
+    assert "ran past its limit of 2 s" in by_name["stopped failed"]["how"]
+    assert by_name["first part"]["value"] == 3.0 and by_name["first part"]["met"] is True
+    assert "second part broke" in by_name["half failed"]["how"]
+    md = (out_dir / "REPORT.md").read_text()
+    assert "| measured before the limit | 7 ms |" in md and "| first part | 3 x | <= 5 | yes |" in md
