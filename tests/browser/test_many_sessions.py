@@ -82,10 +82,12 @@ def steps_done(run_dir: Path) -> int:
 
 
 def start(page, ui, server, steps: int) -> str:
-    ui.open_page(page, server, "/Train")
     # Streamlit disables every widget while its page is not connected; with ten live viewers on a slow
-    # 2-core host, a new page may take longer than PAGE_S to connect (seen in CI on an AVX2-only host).
-    page.get_by_role("spinbutton", name="Steps", exact=True).fill(str(steps), timeout=ui.RUN_S * 1000)
+    # 2-core host, a new page may stay unconnected for longer than PAGE_S (seen in CI on an AVX2-only host,
+    # at the Steps field and at Start run).
+    page.set_default_timeout(ui.RUN_S * 1000)
+    ui.open_page(page, server, "/Train")
+    page.get_by_role("spinbutton", name="Steps", exact=True).fill(str(steps))
     page.get_by_role("button", name="Start run").click()
     return ui.wait_until(lambda: (re.search(r"[?&]run=([^&]+)", page.evaluate("location.href")) or [None, None])[1], ui.PAGE_S,
                          message="the run id in the URL")  # fmt: skip
